@@ -1,0 +1,245 @@
+//! Key injection: every client `x-api-key` is removed (any case, any count); on routes that need
+//! it, exactly one server-side key is set. The key is a sensitive `HeaderValue`, so hyper and
+//! `http`'s `Debug` never print it.
+//!
+//! A key read from a file (a mounted Kubernetes Secret) is re-read when the file changes on
+//! disk: each request compares the file's identity (inode, size, mtime), a single `stat`, and the
+//! next request after a rotation already carries the new key.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use futures_util::future::{self, Either, Ready};
+use http::header::HeaderName;
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use crate::config::{ClientKeyPolicy, KeySource};
+use crate::error::{ApiError, Body, BoxError, ErrorFormat, GatewayError};
+
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Builds the sensitive header value for a key, or says why it cannot be a header.
+pub fn header_value(key: &str) -> Result<HeaderValue, String> {
+    let mut v = HeaderValue::from_str(key)
+        .map_err(|_| "the key contains characters not allowed in a header".to_owned())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The source of the injected key.
+#[derive(Debug)]
+pub struct ApiKey {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Static(HeaderValue),
+    File {
+        path: PathBuf,
+        state: RwLock<FileState>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct FileState {
+    stamp: Stamp,
+    value: HeaderValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+    })
+}
+
+fn read_key(path: &Path) -> Result<(Stamp, HeaderValue), String> {
+    let before =
+        stamp(path).map_err(|e| format!("cannot read api key file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read api key file {}: {e}", path.display()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(format!("api key file {} is empty", path.display()));
+    }
+    Ok((before, header_value(key)?))
+}
+
+impl ApiKey {
+    /// Loads the key once; a missing or empty file fails start-up.
+    pub fn load(source: &KeySource) -> Result<Self, String> {
+        let inner = match source {
+            KeySource::Value(v) => Inner::Static(header_value(v)?),
+            KeySource::File(path) => {
+                let (stamp, value) = read_key(path)?;
+                Inner::File {
+                    path: path.clone(),
+                    state: RwLock::new(FileState { stamp, value }),
+                }
+            }
+        };
+        Ok(Self { inner })
+    }
+
+    /// The key to inject now. For a file source, re-reads the file if it changed; if the new
+    /// content is unreadable the last good key is kept (and a warning logged without the key).
+    pub fn current(&self) -> Option<HeaderValue> {
+        match &self.inner {
+            Inner::Static(v) => Some(v.clone()),
+            Inner::File { path, state } => {
+                let now = stamp(path).ok();
+                {
+                    let s = state.read().ok()?;
+                    if now.is_none_or(|n| n == s.stamp) {
+                        return Some(s.value.clone());
+                    }
+                }
+                match read_key(path) {
+                    Ok((stamp, value)) => {
+                        let mut s = state.write().ok()?;
+                        *s = FileState {
+                            stamp,
+                            value: value.clone(),
+                        };
+                        tracing::info!(path = %path.display(), "api key file changed; new key in use");
+                        Some(value)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "api key file unreadable; keeping the previous key");
+                        state.read().ok().map(|s| s.value.clone())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Strips client keys and (when `inject`) sets the server-side key.
+#[derive(Debug, Clone)]
+pub struct ApiKeyLayer {
+    key: Arc<ApiKey>,
+    policy: ClientKeyPolicy,
+    inject: bool,
+}
+
+impl ApiKeyLayer {
+    pub fn new(key: Arc<ApiKey>, policy: ClientKeyPolicy, inject: bool) -> Self {
+        Self {
+            key,
+            policy,
+            inject,
+        }
+    }
+}
+
+impl<S> Layer<S> for ApiKeyLayer {
+    type Service = ApiKeyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyService<S> {
+    inner: S,
+    layer: ApiKeyLayer,
+}
+
+impl<S, B> Service<Request<B>> for ApiKeyService<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Either<Ready<Result<Response<Body>, BoxError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let headers = req.headers_mut();
+        if self.layer.policy == ClientKeyPolicy::Reject && headers.contains_key(&X_API_KEY) {
+            let err = ApiError::BadRequest("x-api-key must not be sent by clients".into());
+            return Either::Left(future::ready(Ok(
+                err.to_response(ErrorFormat::from_headers(headers))
+            )));
+        }
+        // `remove` drops every value of the name; names are case-insensitive in `http`.
+        headers.remove(&X_API_KEY);
+        if self.layer.inject {
+            match self.layer.key.current() {
+                Some(v) => {
+                    headers.insert(X_API_KEY.clone(), v);
+                }
+                None => {
+                    return Either::Left(future::ready(Err(GatewayError::KeyUnavailable.into())))
+                }
+            }
+        }
+        Either::Right(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn key_is_sensitive_and_debug_hides_it() {
+        let k = ApiKey::load(&KeySource::Value("s3cr3t".into())).unwrap();
+        let v = k.current().unwrap();
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn rotated_file_is_used_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "first\n").unwrap();
+        let k = ApiKey::load(&KeySource::File(path.clone())).unwrap();
+        assert_eq!(k.current().unwrap(), "first");
+        // Rotate the way Kubernetes does: write a new file, rename it over the old one.
+        let tmp = dir.path().join("key.new");
+        std::fs::File::create(&tmp)
+            .unwrap()
+            .write_all(b"second")
+            .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(k.current().unwrap(), "second");
+        // An unreadable rotation keeps the last good key.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(k.current().unwrap(), "second");
+    }
+
+    #[test]
+    fn empty_or_missing_file_fails_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        assert!(ApiKey::load(&KeySource::File(path.clone())).is_err());
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(ApiKey::load(&KeySource::File(path)).is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! Forwarding hygiene between client and upstream (RFC 9110 §7.6.1): hop-by-hop headers are
+//! removed in both directions, including every header named in `Connection`; `x-forwarded-for`
+//! gets the peer appended; the URI is rewritten onto the upstream's base, whose authority
+//! becomes the Host. The body bytes pass unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::MapOk;
+use futures_util::TryFutureExt;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::Full;
+use tower::{Layer, Service};
+
+use crate::error::{Body, BoxError};
+
+/// The client's socket address, set by the server on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Hop-by-hop headers that are never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, those named in `Connection` first.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardLayer {
+    base: Arc<(Scheme, Authority)>,
+}
+
+impl ForwardLayer {
+    /// `base` is the upstream's `scheme://authority` (validated by the config).
+    pub fn new(base: &Uri) -> Self {
+        let scheme = base.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let authority = base
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("localhost"));
+        Self {
+            base: Arc::new((scheme, authority)),
+        }
+    }
+}
+
+impl<S> Layer<S> for ForwardLayer {
+    type Service = Forward<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Forward {
+            inner,
+            base: self.base.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Forward<S> {
+    inner: S,
+    base: Arc<(Scheme, Authority)>,
+}
+
+fn clean_response(mut res: Response<Body>) -> Response<Body> {
+    strip_hop_by_hop(res.headers_mut());
+    res
+}
+
+impl<S> Service<Request<Bytes>> for Forward<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = MapOk<S::Future, fn(Response<Body>) -> Response<Body>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let (scheme, authority) = &*self.base;
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(scheme.clone());
+        uri.authority = Some(authority.clone());
+        uri.path_and_query = Some(pq);
+        // Scheme, authority and path are all present, so this cannot fail; keep the old URI if it did.
+        if let Ok(u) = Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+        parts.version = http::Version::HTTP_11;
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        // The client's Host and framing headers describe the client's hop, not ours: hyper sets
+        // Host from the URI's authority and Content-Length from the body.
+        headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
+        if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
+            append_forwarded_for(headers, peer.ip());
+        }
+        self.inner
+            .call(Request::from_parts(parts, Full::new(body)))
+            .map_ok(clean_response as fn(_) -> _)
+    }
+}
+
+/// Appends `ip` to the (possibly repeated) `x-forwarded-for`, folding it into one header.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let mut prior = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            if !prior.is_empty() {
+                prior.push_str(", ");
+            }
+            prior.push_str(s.trim());
+        }
+    }
+    let value = if prior.is_empty() {
+        ip.to_string()
+    } else {
+        format!("{prior}, {ip}")
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_hop_by_hop_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-end-to-end", HeaderValue::from_static("stays"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-end-to-end"], "stays");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+    }
+}

@@ -1,0 +1,9 @@
+//! One middleware per module, shaped like tower-http: `XLayer` holds config and is `Clone`,
+//! `X<S>` holds `inner` plus shared state behind `Arc`.
+
+pub mod api_key;
+pub mod body;
+pub mod forward;
+pub mod rescue;
+pub mod trace;
+pub mod validate;

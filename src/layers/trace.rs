@@ -1,0 +1,220 @@
+//! Request id, span and access log. Sits outside the rescue layer so it sees the final status
+//! of every request, errors included, and stamps `x-request-id` on every response.
+//!
+//! The id is kept from the client's `x-request-id` when it is a short visible-ASCII token, and
+//! minted otherwise; it is forwarded upstream and returned to the client. The access log has
+//! method, route label, status, durations and decisions, never a header value, body or token.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::instrument::Instrumented;
+use tracing::Instrument;
+
+use crate::error::Body;
+use crate::routes::{Route, UNMATCHED};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, in its extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// Facts later layers leave in the response's extensions for the access log and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    /// Time spent waiting on the upstream, if it was called.
+    pub upstream_secs: Option<f64>,
+    /// `allowed`, `limited`, … when a rate limit decided.
+    pub rate_limit: Option<&'static str>,
+    /// `HIT`, `MISS`, `BYPASS` on lookup routes.
+    pub cache: Option<&'static str>,
+}
+
+/// What one finished request reports to observers (metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub route: &'static str,
+    pub method: &'a Method,
+    pub status: u16,
+    pub secs: f64,
+    pub outcome: Outcome,
+}
+
+/// Observes requests as they start and finish (the metrics layer hooks in here).
+pub trait Observer: Send + Sync + 'static {
+    fn started(&self) {}
+    fn finished(&self, _f: &Finished<'_>) {}
+}
+
+impl Observer for () {}
+
+#[derive(Clone)]
+pub struct TraceLayer {
+    observer: Arc<dyn Observer>,
+}
+
+impl TraceLayer {
+    pub fn new(observer: Arc<dyn Observer>) -> Self {
+        Self { observer }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace {
+            inner,
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Trace<S> {
+    inner: S,
+    observer: Arc<dyn Observer>,
+}
+
+fn acceptable_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// A fresh 128-bit id in hex.
+pub fn mint_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    let mut buf = [0u8; 32];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // 32 hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+pin_project! {
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        start: Instant,
+        id: HeaderValue,
+        method: Method,
+        route: &'static str,
+        observer: Arc<dyn Observer>,
+    }
+}
+
+impl<F> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut res) = futures_util::ready!(this.inner.poll(cx));
+        let secs = this.start.elapsed().as_secs_f64();
+        let outcome = res
+            .extensions()
+            .get::<Outcome>()
+            .copied()
+            .unwrap_or_default();
+        let status = res.status().as_u16();
+        tracing::info!(
+            target: "access",
+            parent: None,
+            request_id = ?this.id,
+            method = %this.method,
+            route = *this.route,
+            status,
+            duration_ms = secs * 1e3,
+            upstream_ms = outcome.upstream_secs.map(|s| s * 1e3),
+            rate_limit = outcome.rate_limit,
+            cache = outcome.cache,
+            "request"
+        );
+        this.observer.finished(&Finished {
+            route: this.route,
+            method: this.method,
+            status,
+            secs,
+            outcome,
+        });
+        res.headers_mut()
+            .insert(X_REQUEST_ID.clone(), this.id.clone());
+        Poll::Ready(Ok(res))
+    }
+}
+
+impl<S, B> Service<Request<B>> for Trace<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = TraceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        self.observer.started();
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if acceptable_id(v) => v.clone(),
+            _ => {
+                let v = mint_id();
+                req.headers_mut().insert(X_REQUEST_ID.clone(), v.clone());
+                v
+            }
+        };
+        let route =
+            Route::recognize(req.method(), req.uri().path()).map_or(UNMATCHED, Route::label);
+        let method = req.method().clone();
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let span = tracing::info_span!("request", request_id = ?id, route);
+        let inner = span.in_scope(|| self.inner.call(req)).instrument(span);
+        TraceFuture {
+            inner,
+            start,
+            id,
+            method,
+            route,
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_ids_are_valid_and_distinct() {
+        let a = mint_id();
+        let b = mint_id();
+        assert_eq!(a.len(), 32);
+        assert!(acceptable_id(&a));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn odd_client_ids_are_replaced() {
+        assert!(!acceptable_id(&HeaderValue::from_static("")));
+        assert!(!acceptable_id(&HeaderValue::from_static("has space")));
+        assert!(!acceptable_id(
+            &HeaderValue::from_bytes(&[b'a'; 129]).unwrap()
+        ));
+        assert!(acceptable_id(&HeaderValue::from_static("abc-123")));
+    }
+}

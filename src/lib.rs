@@ -1,0 +1,19 @@
+//! amity-gateway: a tower-based gateway in front of the Amity Social Cloud session endpoint.
+//!
+//! See `DESIGN.md`-style notes in each module: [`stack`] says why each layer sits where it does.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod layers;
+pub mod routes;
+pub mod server;
+pub mod session;
+pub mod sim;
+pub mod stack;
+pub mod upstream;
+
+pub use error::{ApiError, BoxError, GatewayError};

@@ -1,0 +1,113 @@
+//! The one place where layers are composed. Outermost first:
+//!
+//! - **trace**: request id, span, access log, request metrics. Outside rescue (DESIGN puts
+//!   rescue first) so that it sees the final status of every request, rescued errors included,
+//!   and stamps `x-request-id` on error responses too.
+//! - **rescue**: every `Err` and panic becomes an envelope response; hyper never sees an `Err`.
+//! - **load shed + concurrency limit**: above `max_concurrency` in flight, answer 503 at once
+//!   rather than queue; sits above the timeout so shed requests cost nothing.
+//! - **timeout**: the whole-request budget (body read + upstream), 504 in the envelope.
+//! - **router**: the route table; unknown routes are a 404 here, before any body is read.
+//!
+//! Then one policy chain per kind of route:
+//!
+//! - session: body limit (415/413) → validate (400/422) → [rate limit] → key injection →
+//!   forward hygiene → upstream. Validation precedes everything that costs or counts, so nothing
+//!   invalid reaches the limiter or the upstream.
+//! - lookup and pass-through: body limit → key strip → forward hygiene → upstream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder};
+
+use crate::config::Config;
+use crate::error::{Body, BoxError};
+use crate::layers::api_key::{ApiKey, ApiKeyLayer};
+use crate::layers::body::BodyLayer;
+use crate::layers::forward::ForwardLayer;
+use crate::layers::rescue::RescueLayer;
+use crate::layers::trace::{Observer, TraceLayer};
+use crate::layers::validate::ValidateLayer;
+use crate::routes::Router;
+use crate::session::Rules;
+
+/// Everything the stack shares across requests, built once.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub api_key: Arc<ApiKey>,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Result<Self, String> {
+        let api_key = Arc::new(ApiKey::load(&config.api_key)?);
+        Ok(Self {
+            config: Arc::new(config),
+            api_key,
+            observer: Arc::new(()),
+        })
+    }
+}
+
+/// Builds the client-facing service over any upstream service (the real client, or an
+/// in-memory one in benches). The result never fails.
+pub fn build<B, U>(
+    shared: &Shared,
+    upstream: U,
+) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    U: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    U::Future: Send + 'static,
+{
+    let cfg = &shared.config;
+    let forward = ForwardLayer::new(&cfg.upstream.base);
+
+    let session = ServiceBuilder::new()
+        .layer(BodyLayer::new(cfg.max_body_bytes, true))
+        .layer(ValidateLayer::new(Rules { secure: cfg.secure }))
+        .layer(ApiKeyLayer::new(
+            shared.api_key.clone(),
+            cfg.client_key,
+            true,
+        ))
+        .layer(forward.clone())
+        .service(upstream.clone());
+
+    let lookup = ServiceBuilder::new()
+        .layer(BodyLayer::new(cfg.max_body_bytes, false))
+        .layer(ApiKeyLayer::new(
+            shared.api_key.clone(),
+            cfg.client_key,
+            false,
+        ))
+        .layer(forward)
+        .service(upstream);
+
+    let router = Router::new(
+        BoxCloneSyncService::new(session),
+        BoxCloneSyncService::new(lookup),
+    );
+
+    ServiceBuilder::new()
+        .layer(TraceLayer::new(shared.observer.clone()))
+        .layer(RescueLayer::new())
+        .load_shed()
+        .concurrency_limit(cfg.max_concurrency)
+        .timeout(cfg.request_timeout)
+        .service(router)
+}

@@ -1,0 +1,111 @@
+//! The upstream client: one pooled hyper-util client (keep-alive, optional HTTP/2, https via
+//! rustls) as a tower `Service`. It reads the whole response, bounded, inside the upstream time
+//! budget, so a slow body cannot hold a request past the timeout and later layers (the lookup
+//! cache) see complete bytes. Failures become [`GatewayError`]s with a bounded kind.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+
+use crate::config;
+use crate::error::{Body, BoxError, GatewayError};
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Clone)]
+pub struct Upstream {
+    client: HttpsClient,
+    timeout: Duration,
+    max_response_bytes: usize,
+}
+
+impl Upstream {
+    pub fn new(cfg: &config::Upstream) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        {
+            Ok(b) => b,
+            // The ring provider supports rustls' safe defaults; keep the crate's defaults if not.
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+        }
+        .https_or_http();
+        let connector = if cfg.http2 {
+            builder.enable_all_versions().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            // Without a timer the pool never expires idle connections.
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .http2_only(cfg.http2 && cfg.base.scheme_str() == Some("http"))
+            .build(connector);
+        Self {
+            client,
+            timeout: cfg.timeout,
+            max_response_bytes: cfg.max_response_bytes,
+        }
+    }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
+    if e.is_connect() {
+        GatewayError::UpstreamConnect(e.into())
+    } else {
+        GatewayError::UpstreamProtocol(e.into())
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Upstream {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The legacy client is always ready; it queues on its pool.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let client = self.client.clone();
+        let limit = self.max_response_bytes;
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let exchange = async move {
+                let res = client.request(req).await.map_err(classify)?;
+                let (parts, body) = res.into_parts();
+                let bytes = match Limited::new(body, limit).collect().await {
+                    Ok(c) => c.to_bytes(),
+                    Err(e) if e.is::<LengthLimitError>() => {
+                        return Err(GatewayError::UpstreamTooLarge)
+                    }
+                    Err(e) => return Err(GatewayError::UpstreamProtocol(e)),
+                };
+                Ok(Response::from_parts(parts, Full::new(bytes)))
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(Ok(res)) => Ok(res),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(GatewayError::UpstreamTimeout.into()),
+            }
+        })
+    }
+}

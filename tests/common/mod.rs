@@ -1,0 +1,159 @@
+//! Shared harness for the end-to-end tests: a real simulator and a real gateway on loopback
+//! sockets (`127.0.0.1:0`), and small clients that speak to them.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amity_gateway::app::Gateway;
+use amity_gateway::config::{FileConfig, Secret};
+use amity_gateway::server::Bound;
+use amity_gateway::sim::{SimConfig, SimHandle, Simulator};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const KEY: &str = "test-upstream-key-7f3a9c";
+
+pub const VALID: &str = r#"{"userId":"user-123","deviceId":"device-abc-0001","deviceInfo":{"kind":"ios","model":"iPhone15,2","sdkVersion":"6.35.3"},"displayName":"Alice","authToken":"tok-xyz"}"#;
+
+pub struct TestEnv {
+    pub sim: Arc<Simulator>,
+    pub sim_handle: Option<SimHandle>,
+    pub sim_addr: SocketAddr,
+    pub gw: Bound,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A file config pointing at `sim_addr`, listening on ephemeral loopback ports.
+pub fn base_config(sim_addr: SocketAddr) -> FileConfig {
+    let mut f = FileConfig::default();
+    f.server.listen = "127.0.0.1:0".into();
+    f.server.admin_listen = "127.0.0.1:0".into();
+    f.server.drain_timeout_secs = 5;
+    f.upstream.url = format!("http://{sim_addr}");
+    f.upstream.timeout_ms = 2_000;
+    f.upstream.connect_timeout_ms = 500;
+    f.api_key.value = Some(Secret(KEY.into()));
+    f
+}
+
+impl TestEnv {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(edit: impl FnOnce(&mut FileConfig)) -> Self {
+        let sim = Simulator::new(SimConfig::new(KEY));
+        let sim_handle = sim
+            .clone()
+            .spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("simulator binds");
+        let sim_addr = sim_handle.addr;
+        let mut file = base_config(sim_addr);
+        edit(&mut file);
+        let config = file
+            .resolve(&Default::default())
+            .expect("valid test config");
+        let gateway = Gateway::bind(config).await.expect("gateway binds");
+        let gw = gateway.bound();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            sim,
+            sim_handle: Some(sim_handle),
+            sim_addr,
+            gw,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gw.addr, path)
+    }
+
+    pub async fn stop_sim(&mut self) {
+        if let Some(h) = self.sim_handle.take() {
+            h.stop().await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Reply {
+    let res = client().request(req).await.expect("gateway answers");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(Full::new(body.into())).unwrap()).await
+}
+
+pub async fn post_json(url: &str, body: impl Into<Bytes>) -> Reply {
+    request(
+        Method::POST,
+        url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// Writes raw bytes on a fresh connection and reads until the server closes it.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
