@@ -284,6 +284,12 @@ impl FileConfig {
 
     /// Applies environment overrides, then validates into a runtime [`Config`].
     pub fn resolve(mut self, env: &Env) -> Result<Config, ConfigError> {
+        self.apply_env(env);
+        self.validate()
+    }
+
+    /// Environment variables win over the file.
+    pub fn apply_env(&mut self, env: &Env) {
         if let Some(v) = &env.listen {
             self.server.listen = v.clone();
         }
@@ -299,6 +305,10 @@ impl FileConfig {
         if let Some(v) = &env.api_key_file {
             self.api_key.file = Some(PathBuf::from(v));
         }
+    }
+
+    /// Validates into typed values; the error names the offending key.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
         let s = &self.server;
         let u = &self.upstream;
         let addr = |key, v: &str| {
