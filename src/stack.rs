@@ -4,6 +4,7 @@
 //!   rescue first) so that it sees the final status of every request, rescued errors included,
 //!   and stamps `x-request-id` on error responses too.
 //! - **rescue**: every `Err` and panic becomes an envelope response; hyper never sees an `Err`.
+//!   It sees every infrastructure error, so it is where upstream errors are counted by kind.
 //! - **load shed + concurrency limit**: above `max_concurrency` in flight, answer 503 at once
 //!   rather than queue; sits above the timeout so shed requests cost nothing.
 //! - **timeout**: the whole-request budget (body read + upstream), 504 in the envelope.
@@ -13,7 +14,7 @@
 //!
 //! - session: body limit (415/413) → validate (400/422) → [rate limit] → key injection →
 //!   forward hygiene → upstream. Validation precedes everything that costs or counts, so nothing
-//!   invalid reaches the limiter or the upstream.
+//!   invalid reaches the limiter or the upstream; its rejections are counted per field.
 //! - lookup and pass-through: body limit → key strip → forward hygiene → upstream.
 
 use std::convert::Infallible;
