@@ -31,12 +31,14 @@ impl Gateway {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
         let shared = Shared::new(config)?;
+        let health = Arc::new(Health::default());
+        let metrics = Some(shared.metrics.render(health.clone()));
         Ok(Self {
             shared,
             listener,
             admin,
-            health: Arc::new(Health::default()),
-            metrics: None,
+            health,
+            metrics,
         })
     }
 

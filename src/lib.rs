@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod session;

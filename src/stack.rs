@@ -4,6 +4,7 @@
 //!   rescue first) so that it sees the final status of every request, rescued errors included,
 //!   and stamps `x-request-id` on error responses too.
 //! - **rescue**: every `Err` and panic becomes an envelope response; hyper never sees an `Err`.
+//!   It sees every infrastructure error, so it is where upstream errors are counted by kind.
 //! - **load shed + concurrency limit**: above `max_concurrency` in flight, answer 503 at once
 //!   rather than queue; sits above the timeout so shed requests cost nothing.
 //! - **timeout**: the whole-request budget (body read + upstream), 504 in the envelope.
@@ -13,7 +14,7 @@
 //!
 //! - session: body limit (415/413) → validate (400/422) → [rate limit] → key injection →
 //!   forward hygiene → upstream. Validation precedes everything that costs or counts, so nothing
-//!   invalid reaches the limiter or the upstream.
+//!   invalid reaches the limiter or the upstream; its rejections are counted per field.
 //! - lookup and pass-through: body limit → key strip → forward hygiene → upstream.
 
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use crate::layers::forward::ForwardLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::trace::{Observer, TraceLayer};
 use crate::layers::validate::ValidateLayer;
+use crate::metrics::Metrics;
 use crate::routes::Router;
 use crate::session::Rules;
 
@@ -41,16 +43,20 @@ use crate::session::Rules;
 pub struct Shared {
     pub config: Arc<Config>,
     pub api_key: Arc<ApiKey>,
+    pub metrics: Arc<Metrics>,
+    /// Sees every request start and finish; the metrics, unless a bench swaps it out.
     pub observer: Arc<dyn Observer>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Result<Self, String> {
         let api_key = Arc::new(ApiKey::load(&config.api_key)?);
+        let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
         Ok(Self {
             config: Arc::new(config),
             api_key,
-            observer: Arc::new(()),
+            observer: metrics.clone(),
+            metrics,
         })
     }
 }
@@ -79,7 +85,9 @@ where
 
     let session = ServiceBuilder::new()
         .layer(BodyLayer::new(cfg.max_body_bytes, true))
-        .layer(ValidateLayer::new(Rules { secure: cfg.secure }))
+        .layer(
+            ValidateLayer::new(Rules { secure: cfg.secure }).on_reject(shared.metrics.on_reject()),
+        )
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,
@@ -105,7 +113,7 @@ where
 
     ServiceBuilder::new()
         .layer(TraceLayer::new(shared.observer.clone()))
-        .layer(RescueLayer::new())
+        .layer(RescueLayer::new().on_error(shared.metrics.on_error()))
         .load_shed()
         .concurrency_limit(cfg.max_concurrency)
         .timeout(cfg.request_timeout)
