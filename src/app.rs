@@ -48,6 +48,11 @@ impl Gateway {
         }
     }
 
+    /// The lookup cache, for its stats.
+    pub fn cache(&self) -> Arc<crate::cache::LookupCache> {
+        self.shared.cache.clone()
+    }
+
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
     }

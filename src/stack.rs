@@ -11,10 +11,13 @@
 //!
 //! Then one policy chain per kind of route:
 //!
-//! - session: body limit (415/413) → validate (400/422) → [rate limit] → key injection →
-//!   forward hygiene → upstream. Validation precedes everything that costs or counts, so nothing
-//!   invalid reaches the limiter or the upstream.
-//! - lookup and pass-through: body limit → key strip → forward hygiene → upstream.
+//! - session: body limit (415/413) → validate (400/422) → session observer → [rate limit] →
+//!   key injection → forward hygiene → upstream. Validation precedes everything that costs or
+//!   counts, so nothing invalid reaches the limiter or the upstream. The observer needs the
+//!   validated facts (deviceId retires older tokens) and reads the answer on its way back.
+//! - lookup and pass-through: body limit → key strip → lookup cache → forward hygiene →
+//!   upstream. The cache answers only after the client-key policy has run, so a hit never
+//!   skips a rejection, and it sits right above forwarding so a hit costs no header rewriting.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,12 +28,15 @@ use http_body_util::Full;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
+use crate::cache::LookupCache;
 use crate::config::Config;
 use crate::error::{Body, BoxError};
 use crate::layers::api_key::{ApiKey, ApiKeyLayer};
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
+use crate::layers::lookup_cache::LookupCacheLayer;
 use crate::layers::rescue::RescueLayer;
+use crate::layers::session_observer::SessionObserverLayer;
 use crate::layers::trace::{Observer, TraceLayer};
 use crate::layers::validate::ValidateLayer;
 use crate::routes::Router;
@@ -42,12 +48,14 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub api_key: Arc<ApiKey>,
     pub observer: Arc<dyn Observer>,
+    pub cache: Arc<LookupCache>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Result<Self, String> {
         let api_key = Arc::new(ApiKey::load(&config.api_key)?);
         Ok(Self {
+            cache: Arc::new(LookupCache::new(&config.cache)),
             config: Arc::new(config),
             api_key,
             observer: Arc::new(()),
@@ -80,6 +88,10 @@ where
     let session = ServiceBuilder::new()
         .layer(BodyLayer::new(cfg.max_body_bytes, true))
         .layer(ValidateLayer::new(Rules { secure: cfg.secure }))
+        .layer(SessionObserverLayer::new(
+            shared.cache.clone(),
+            shared.api_key.clone(),
+        ))
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,
@@ -95,6 +107,7 @@ where
             cfg.client_key,
             false,
         ))
+        .layer(LookupCacheLayer::new(shared.cache.clone()))
         .layer(forward)
         .service(upstream);
 
