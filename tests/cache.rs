@@ -27,8 +27,14 @@ async fn login(env: &TestEnv, user: &str, device: &str) -> String {
 }
 
 async fn get(env: &TestEnv, path: &str, token: &str) -> Reply {
+    get_with(env, path, token, &[]).await
+}
+
+async fn get_with(env: &TestEnv, path: &str, token: &str, extra: &[(&str, &str)]) -> Reply {
     let auth = format!("Bearer {token}");
-    request(Method::GET, &env.url(path), &[("authorization", &auth)], "").await
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    request(Method::GET, &env.url(path), &headers, "").await
 }
 
 fn x_cache(r: &Reply) -> &str {
@@ -380,6 +386,50 @@ async fn the_store_stays_within_its_byte_bound_and_internal_lookups_are_never_st
     assert_eq!(
         env.cache.stats().requests(Kind::User, CacheResult::Bypass),
         2
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_the_gateway_must_read_are_asked_for_uncompressed() {
+    let env = TestEnv::start().await;
+    let body = json!({"userId": "alice", "deviceId": "d-a"}).to_string();
+    let r = request(
+        Method::POST,
+        &env.url("/api/v3/sessions"),
+        &[
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip"),
+        ],
+        body,
+    )
+    .await;
+    let token = r.json()["accessToken"].as_str().unwrap().to_owned();
+    let gzip = [("accept-encoding", "gzip")];
+    let r = get_with(&env, "/api/v3/sessions", &token, &gzip).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The lookup keeps it: the upstream may compress, and the cache serves such bytes only to
+    // clients that accept them.
+    get_with(&env, "/api/v3/users/alice", &token, &gzip).await;
+    // Another gateway-issued token is served that answer: it was stored for the network, so
+    // the session answer taught the gateway the first token.
+    let other = login(&env, "bob", "d-b").await;
+    let r = get_with(&env, "/api/v3/users/alice", &other, &gzip).await;
+    assert_eq!(x_cache(&r), "HIT");
+    let asked: Vec<(String, bool)> = env
+        .sim
+        .requests()
+        .iter()
+        .map(|r| (r.path.clone(), r.header("accept-encoding").is_some()))
+        .collect();
+    assert_eq!(
+        asked,
+        vec![
+            ("/api/v3/sessions".to_owned(), false),
+            ("/api/v3/sessions".to_owned(), false),
+            ("/api/v3/users/alice".to_owned(), true),
+            ("/api/v3/sessions".to_owned(), false),
+        ]
     );
     env.shutdown().await;
 }

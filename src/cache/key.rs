@@ -79,11 +79,11 @@ impl Key {
         kind: Kind,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Self {
+        use std::fmt::Write;
         let mut enc = String::new();
         for id in ids {
-            enc.push_str(&id.len().to_string());
-            enc.push(':');
-            enc.push_str(id);
+            // Writing to a String cannot fail.
+            let _ = write!(enc, "{}:{id}", id.len());
         }
         Self {
             partition,

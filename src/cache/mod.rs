@@ -18,6 +18,7 @@
 //! always bytes the upstream sent for that very lookup, never one the gateway composed (the
 //! upstream's file answer even differs in shape between versions).
 
+pub mod encoding;
 pub mod key;
 pub mod marks;
 pub mod settings;
@@ -35,7 +36,7 @@ use std::hash::BuildHasher;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::header::{HeaderName, HeaderValue, AGE, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, AGE, CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 
@@ -170,11 +171,16 @@ impl LookupCache {
             Some(partition) => {
                 let key = lookup.key(partition);
                 if let Some(entry) = self.store.get(&key) {
-                    if self.fresh(&entry, now) {
+                    if !self.fresh(&entry, now) {
+                        self.store.invalidate(&key);
+                    } else if entry
+                        .content_encoding
+                        .as_ref()
+                        .is_none_or(|enc| encoding::accepts(headers, enc))
+                    {
                         self.counters.request(kind, CacheResult::Hit);
                         return Decision::Hit(self.hit(&entry, now));
                     }
-                    self.store.invalidate(&key);
                 }
                 (key, false)
             }
@@ -201,6 +207,9 @@ impl LookupCache {
         let h = res.headers_mut();
         if let Some(ct) = &e.content_type {
             h.insert(CONTENT_TYPE, ct.clone());
+        }
+        if let Some(enc) = &e.content_encoding {
+            h.insert(CONTENT_ENCODING, enc.clone());
         }
         h.insert(X_CACHE.clone(), CacheResult::Hit.header_value());
         let age = now.saturating_sub(e.fetched_us).max(0) / 1_000_000;
@@ -247,6 +256,9 @@ impl LookupCache {
     }
 
     fn fill(&self, fill: Fill, res: &Response<Body>) {
+        let Some(content_encoding) = encoding::storable(res.headers()) else {
+            return;
+        };
         let Some(body) = body_bytes(res.body()) else {
             return;
         };
@@ -254,6 +266,7 @@ impl LookupCache {
             return;
         }
         let mut users: Vec<UserHash> = Vec::new();
+        // Compressed bytes cannot be read; the ids asked for are the users they contain.
         if fill.lookup.kind != Kind::File {
             let mut add = |id: &str| {
                 let h = self.marks.hash(id);
@@ -262,12 +275,14 @@ impl LookupCache {
                 }
             };
             fill.lookup.ids.iter().for_each(|id| add(id));
-            if let Some(view) = UsersAnswer::read(&body) {
+            let readable = content_encoding.is_none();
+            if let Some(view) = UsersAnswer::read(&body).filter(|_| readable) {
                 view.users.0.iter().for_each(|id| add(id));
             }
         }
         let entry = Entry {
             content_type: res.headers().get(CONTENT_TYPE).cloned(),
+            content_encoding,
             body,
             fetched_us: fill.fetched_us,
             users: users.into_boxed_slice(),
@@ -290,7 +305,7 @@ impl LookupCache {
             tracing::debug!("lastCachePurge is not a date; ignored");
             return;
         };
-        match self.watermark.report(at) {
+        match self.watermark.report(at, now_us()) {
             Advance::Unchanged => {}
             advance => {
                 if advance == Advance::Moved {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cache::settings::CacheFile;
+use http::header::ACCEPT_ENCODING;
 use serde_json::json;
 
 const KEY: &str = "network-key";
@@ -140,6 +141,7 @@ fn answers_older_than_the_ttl_are_gone() {
     let now = now_us();
     let entry = |fetched_us| Entry {
         content_type: None,
+        content_encoding: None,
         body: Bytes::new(),
         fetched_us,
         users: Box::new([]),
@@ -188,5 +190,54 @@ fn oversized_answers_are_served_but_not_kept() {
     let c = LookupCache::new(&f.resolve().unwrap());
     log_in(&c, "u", "d", "t", EPOCH);
     miss_and_fill(&c, "/api/v3/users/u", "t", "u");
+    assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
+}
+
+/// Fills `path` with an answer compressed as `gzip`.
+fn fill_gzip(c: &LookupCache, path: &str, token: &str) {
+    let mut h = bearer_headers(token);
+    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+    let Decision::Forward(p) = c.decide(Route::User, &path.parse().unwrap(), &h) else {
+        panic!("expected a forward");
+    };
+    let mut res = answer("\u{1f}\u{8b}compressed");
+    res.headers_mut()
+        .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    c.finish(p, &mut res);
+}
+
+#[test]
+fn compressed_answers_are_served_only_to_clients_that_accept_them() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    fill_gzip(&c, "/api/v3/users/u", "t");
+    let mut h = bearer_headers("t");
+    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("br, gzip"));
+    let Decision::Hit(res) = c.decide(Route::User, &"/api/v3/users/u".parse().unwrap(), &h) else {
+        panic!("expected a hit");
+    };
+    assert_eq!(res.headers()[CONTENT_ENCODING], "gzip");
+    // A client without gzip is forwarded; its plain answer then suits everyone.
+    assert_eq!(miss_and_fill(&c, "/api/v3/users/u", "t", "u"), "MISS");
+    assert!(is_hit(&decide(&c, "/api/v3/users/u", "t")));
+    let Decision::Hit(res) = c.decide(Route::User, &"/api/v3/users/u".parse().unwrap(), &h) else {
+        panic!("expected a hit");
+    };
+    assert!(res.headers().get(CONTENT_ENCODING).is_none());
+}
+
+#[test]
+fn answers_varying_on_other_headers_are_not_stored() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    let Decision::Forward(p) = decide(&c, "/api/v3/users/u", "t") else {
+        panic!("expected a forward");
+    };
+    let mut res = answer(&user_answer("u"));
+    res.headers_mut().insert(
+        http::header::VARY,
+        HeaderValue::from_static("accept-language"),
+    );
+    c.finish(p, &mut res);
     assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
 }

@@ -6,6 +6,10 @@
 //! configured margin is added to every reported date: it covers the millisecond resolution of
 //! the upstream's text and a gateway clock running ahead by up to the margin. A gateway clock
 //! running behind only drops a few answers too many.
+//!
+//! A reported date later than the gateway's now counts as now: the purge cannot have happened
+//! later than the answer reporting it, so everything fetched before now is dropped, and a
+//! skewed or bogus future date cannot keep the cache from storing anything until then.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -54,10 +58,10 @@ impl Watermark {
         }
     }
 
-    /// Reports a purge date (microseconds on the upstream's clock); the watermark only moves
-    /// forward, whatever order concurrent reports arrive in.
-    pub fn report(&self, purge_us: i64) -> Advance {
-        let next = purge_us.saturating_add(self.margin_us);
+    /// Reports a purge date (microseconds on the upstream's clock) read at `now_us` (the
+    /// gateway's); the watermark only moves forward, whatever order reports arrive in.
+    pub fn report(&self, purge_us: i64, now_us: i64) -> Advance {
+        let next = purge_us.min(now_us).saturating_add(self.margin_us);
         let prev = self.at_us.fetch_max(next, Ordering::AcqRel);
         if next <= prev {
             Advance::Unchanged
@@ -87,12 +91,13 @@ mod tests {
     #[test]
     fn moves_only_forward() {
         let w = Watermark::new(Duration::ZERO);
+        let now = 1_000_000;
         assert!(!w.purged(i64::MIN + 1));
-        assert_eq!(w.report(1_000), Advance::First);
-        assert_eq!(w.report(1_000), Advance::Unchanged);
-        assert_eq!(w.report(500), Advance::Unchanged);
+        assert_eq!(w.report(1_000, now), Advance::First);
+        assert_eq!(w.report(1_000, now), Advance::Unchanged);
+        assert_eq!(w.report(500, now), Advance::Unchanged);
         assert_eq!(w.get(), 1_000);
-        assert_eq!(w.report(2_000), Advance::Moved);
+        assert_eq!(w.report(2_000, now), Advance::Moved);
         assert!(w.purged(1_999));
         assert!(!w.purged(2_000));
     }
@@ -100,12 +105,21 @@ mod tests {
     #[test]
     fn margin_widens_what_counts_as_purged() {
         let w = Watermark::new(Duration::from_millis(1));
-        w.report(10_000);
+        w.report(10_000, 20_000);
         assert!(
             w.purged(10_999),
             "same millisecond as the purge counts as before it"
         );
         assert!(!w.purged(11_000));
+    }
+
+    #[test]
+    fn a_date_in_the_future_counts_as_now() {
+        let w = Watermark::new(Duration::ZERO);
+        w.report(i64::MAX / 2, 5_000);
+        assert_eq!(w.get(), 5_000);
+        assert!(w.purged(4_999));
+        assert!(!w.purged(5_000), "answers fetched from now on are kept");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! (stored, or teaching it about the token) on the way back, marked `MISS` or `BYPASS`.
 //!
 //! `GET /api/v3/sessions` and `DELETE /api/v4/sessions` pass through here too: their answers
-//! prove, or forget, the caller's token, and the former reports `lastCachePurge`.
+//! prove, or forget, the caller's token, and the former reports `lastCachePurge` (so its
+//! `accept-encoding` is dropped: the gateway must read that answer, a few bytes long).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{self, Either, Ready};
+use http::header::ACCEPT_ENCODING;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -103,10 +105,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(&route) = req.extensions().get::<Route>() else {
             return Either::Right(OnResponseFuture::new(self.inner.call(req), None));
         };
+        if route == Route::VerifySession && self.cache.enabled() {
+            req.headers_mut().remove(ACCEPT_ENCODING);
+        }
         match self.cache.decide(route, req.uri(), req.headers()) {
             Decision::Hit(res) => Either::Left(future::ready(Ok(res))),
             Decision::Forward(pending) => Either::Right(OnResponseFuture::new(

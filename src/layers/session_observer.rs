@@ -2,10 +2,14 @@
 //! the issued token (kept hashed) retires the device's older one, the session's user has its
 //! cached answers dropped, and `lastCachePurge` may move the purge watermark. The body passes
 //! unchanged. Sits right after validation, where the request's [`SessionFacts`] are known.
+//!
+//! The request's `accept-encoding` is dropped so the upstream answers uncompressed: the gateway
+//! must read the answer, and a session answer is a few kilobytes at most.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::ACCEPT_ENCODING;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
@@ -63,7 +67,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let cache = &self.layer.cache;
         let pending = if cache.enabled() {
             req.extensions().get::<SessionFacts>().and_then(|f| {
@@ -73,6 +77,9 @@ where
         } else {
             None
         };
+        if pending.is_some() {
+            req.headers_mut().remove(ACCEPT_ENCODING);
+        }
         let ctx = pending.map(|p| (cache.clone(), p));
         OnResponseFuture::new(self.inner.call(req), ctx)
     }
