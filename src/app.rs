@@ -32,7 +32,7 @@ impl Gateway {
             .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
         let shared = Shared::new(config)?;
         let health = Arc::new(Health::default());
-        let metrics = Some(shared.metrics.render(health.clone()));
+        let metrics = Some(shared.metrics.render(health.clone(), shared.cache.clone()));
         Ok(Self {
             shared,
             listener,
@@ -48,6 +48,11 @@ impl Gateway {
             addr: addr(&self.listener),
             admin_addr: addr(&self.admin),
         }
+    }
+
+    /// The lookup cache, for its stats.
+    pub fn cache(&self) -> Arc<crate::cache::LookupCache> {
+        self.shared.cache.clone()
     }
 
     pub fn health(&self) -> Arc<Health> {

@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub network: NetworkFile,
     pub limits: LimitsFile,
     pub log: LogFile,
+    pub cache: crate::cache::settings::CacheFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -227,6 +228,7 @@ pub struct Config {
     pub secure: bool,
     pub max_body_bytes: usize,
     pub log: LogFile,
+    pub cache: crate::cache::settings::CacheConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -369,6 +371,7 @@ impl FileConfig {
             max_body_bytes: positive("limits.max_body_bytes", self.limits.max_body_bytes as u64)?
                 as usize,
             log: self.log.clone(),
+            cache: self.cache.resolve()?,
         })
     }
 

@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod layers;
@@ -16,5 +17,6 @@ pub mod session;
 pub mod sim;
 pub mod stack;
 pub mod upstream;
+pub mod wire;
 
 pub use error::{ApiError, BoxError, GatewayError};

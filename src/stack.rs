@@ -12,10 +12,14 @@
 //!
 //! Then one policy chain per kind of route:
 //!
-//! - session: body limit (415/413) → validate (400/422) → [rate limit] → key injection →
-//!   forward hygiene → upstream. Validation precedes everything that costs or counts, so nothing
-//!   invalid reaches the limiter or the upstream; its rejections are counted per field.
-//! - lookup and pass-through: body limit → key strip → forward hygiene → upstream.
+//! - session: body limit (415/413) → validate (400/422) → session observer → [rate limit] →
+//!   key injection → forward hygiene → upstream. Validation precedes everything that costs or
+//!   counts, so nothing invalid reaches the limiter or the upstream; its rejections are counted
+//!   per field. The observer needs the validated facts (deviceId retires older tokens) and reads
+//!   the answer on its way back.
+//! - lookup and pass-through: body limit → key strip → lookup cache → forward hygiene →
+//!   upstream. The cache answers only after the client-key policy has run, so a hit never
+//!   skips a rejection, and it sits right above forwarding so a hit costs no header rewriting.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,12 +30,15 @@ use http_body_util::Full;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
+use crate::cache::LookupCache;
 use crate::config::Config;
 use crate::error::{Body, BoxError};
 use crate::layers::api_key::{ApiKey, ApiKeyLayer};
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
+use crate::layers::lookup_cache::LookupCacheLayer;
 use crate::layers::rescue::RescueLayer;
+use crate::layers::session_observer::SessionObserverLayer;
 use crate::layers::trace::{Observer, TraceLayer};
 use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
@@ -46,6 +53,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Sees every request start and finish; the metrics, unless a bench swaps it out.
     pub observer: Arc<dyn Observer>,
+    pub cache: Arc<LookupCache>,
 }
 
 impl Shared {
@@ -53,6 +61,7 @@ impl Shared {
         let api_key = Arc::new(ApiKey::load(&config.api_key)?);
         let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
         Ok(Self {
+            cache: Arc::new(LookupCache::new(&config.cache)),
             config: Arc::new(config),
             api_key,
             observer: metrics.clone(),
@@ -88,6 +97,10 @@ where
         .layer(
             ValidateLayer::new(Rules { secure: cfg.secure }).on_reject(shared.metrics.on_reject()),
         )
+        .layer(SessionObserverLayer::new(
+            shared.cache.clone(),
+            shared.api_key.clone(),
+        ))
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,
@@ -103,6 +116,7 @@ where
             cfg.client_key,
             false,
         ))
+        .layer(LookupCacheLayer::new(shared.cache.clone()))
         .layer(forward)
         .service(upstream);
 

@@ -4,6 +4,8 @@
 pub mod api_key;
 pub mod body;
 pub mod forward;
+pub mod lookup_cache;
 pub mod rescue;
+pub mod session_observer;
 pub mod trace;
 pub mod validate;

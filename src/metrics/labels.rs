@@ -57,30 +57,6 @@ label_set! {
 }
 
 label_set! {
-    /// `cache` of `gateway_cache_requests_total` and `gateway_cache_entries`.
-    pub enum CacheName {
-        /// `GET /api/v3/users/{userId}`
-        User => "user",
-        /// `GET /api/v3/users/list`
-        UserList => "user_list",
-        /// `GET /api/v3/files/{fileId}`
-        File => "file",
-    }
-}
-
-label_set! {
-    /// `result` of `gateway_cache_requests_total`.
-    pub enum CacheResult {
-        /// Answered from the cache.
-        Hit => "hit",
-        /// Asked the upstream (and stored a 2xx answer).
-        Miss => "miss",
-        /// Not eligible for the cache (unknown token, uncacheable query); asked the upstream.
-        Bypass => "bypass",
-    }
-}
-
-label_set! {
     /// `kind` of `gateway_upstream_errors_total`, from `GatewayError::kind`.
     pub enum UpstreamErrorKind {
         /// No connection could be made.

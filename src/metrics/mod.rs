@@ -36,6 +36,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::cache::key::Kind;
+use crate::cache::stats::{CacheResult, CacheStats};
+use crate::cache::LookupCache;
 use crate::error::{ApiError, BoxError, GatewayError};
 use crate::layers::rescue::OnError;
 use crate::layers::trace::{Finished, Observer};
@@ -45,12 +48,15 @@ use crate::server::{Health, MetricsRender};
 use children::Children;
 use labels::*;
 
-pub use labels::{CacheName, CacheResult, RateLimitBackend, RateLimitDecision, UpstreamErrorKind};
+pub use labels::{RateLimitBackend, RateLimitDecision, UpstreamErrorKind};
 
 /// Histogram buckets in seconds, for a mobile API: the gateway's own answers take well under a
 /// millisecond, a healthy upstream answers in tens to hundreds of milliseconds, and mobile
 /// clients give up after a few seconds; the top buckets reach the default upstream (10 s) and
 /// request (15 s) budgets so timeouts land in a bucket of their own.
+/// `cache` label of the one lookup store (answers of every lookup route share it).
+const LOOKUP_STORE: &str = "lookup";
+
 pub const LATENCY_BUCKETS: [f64; 17] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
     15.0,
@@ -69,7 +75,8 @@ pub struct Metrics {
     rate_limit: Vec<IntCounter>,
     rate_limit_backend_errors: IntCounter,
     cache_requests: Vec<IntCounter>,
-    cache_entries: Vec<IntGauge>,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
     cache_purges: IntCounter,
     inflight: IntGauge,
     draining: IntGauge,
@@ -163,7 +170,14 @@ impl Metrics {
             &["cache", "result"],
         )?)?;
         let cache_entries = reg.add(IntGaugeVec::new(
-            Opts::new("gateway_cache_entries", "Entries held, by cache."),
+            Opts::new("gateway_cache_entries", "Answers held, by cache."),
+            &["cache"],
+        )?)?;
+        let cache_bytes = reg.add(IntGaugeVec::new(
+            Opts::new(
+                "gateway_cache_bytes",
+                "Bytes the held answers account for, by cache.",
+            ),
             &["cache"],
         )?)?;
         let cache_purges = reg.add(IntCounter::new(
@@ -202,13 +216,11 @@ impl Metrics {
             RateLimitDecision::ALL,
             |b, d| vec![b.label(), d.label()],
         )?;
-        let cache_requests = eager(&cache_requests, CacheName::ALL, CacheResult::ALL, |c, r| {
+        let cache_requests = eager(&cache_requests, &Kind::ALL, &CacheResult::ALL, |c, r| {
             vec![c.label(), r.label()]
         })?;
-        let cache_entries = CacheName::ALL
-            .iter()
-            .map(|c| cache_entries.get_metric_with_label_values(&[c.label()]))
-            .collect::<prometheus::Result<_>>()?;
+        let cache_entries = cache_entries.get_metric_with_label_values(&[LOOKUP_STORE])?;
+        let cache_bytes = cache_bytes.get_metric_with_label_values(&[LOOKUP_STORE])?;
 
         Ok(Self {
             registry: reg.registry,
@@ -222,6 +234,7 @@ impl Metrics {
             rate_limit_backend_errors,
             cache_requests,
             cache_entries,
+            cache_bytes,
             cache_purges,
             inflight,
             draining,
@@ -249,10 +262,12 @@ impl Metrics {
 
     /// The `/metrics` renderer. The draining gauge is read from `health` at each scrape, so it
     /// can never disagree with `/readyz`.
-    pub fn render(self: &Arc<Self>, health: Arc<Health>) -> MetricsRender {
+    pub fn render(self: &Arc<Self>, health: Arc<Health>, cache: Arc<LookupCache>) -> MetricsRender {
         let m = self.clone();
         Arc::new(move || {
             m.draining.set(i64::from(!health.ready()));
+            cache.sync();
+            m.sync_cache(&cache.stats());
             m.encode()
         })
     }
@@ -321,24 +336,31 @@ impl Metrics {
         self.rate_limit_backend_errors.inc();
     }
 
-    /// Records one lookup-cache request.
-    pub fn cache_request(&self, cache: CacheName, result: CacheResult) {
-        let slot = cache.slot() * CacheResult::ALL.len() + result.slot();
-        if let Some(c) = self.cache_requests.get(slot) {
-            c.inc();
+    /// Brings the cache families up to the cache's own counters. Called at scrape time, so the
+    /// request path counts each lookup once, in the cache, and nowhere else.
+    pub fn sync_cache(&self, stats: &CacheStats) {
+        let mut slot = 0;
+        for kind in Kind::ALL {
+            for result in CacheResult::ALL {
+                if let Some(c) = self.cache_requests.get(slot) {
+                    advance(c, stats.requests(kind, result));
+                }
+                slot += 1;
+            }
         }
+        advance(&self.cache_purges, stats.purges);
+        self.cache_entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     }
+}
 
-    /// Sets the number of entries a cache holds.
-    pub fn set_cache_entries(&self, cache: CacheName, entries: u64) {
-        if let Some(g) = self.cache_entries.get(cache.slot()) {
-            g.set(i64::try_from(entries).unwrap_or(i64::MAX));
-        }
-    }
-
-    /// Records one purge (a newer `lastCachePurge` dropped the cached entries).
-    pub fn cache_purge(&self) {
-        self.cache_purges.inc();
+/// Moves a counter forward to `total` (counters only go up; a lower total is ignored).
+fn advance(c: &IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
     }
 }
 

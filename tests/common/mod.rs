@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amity_gateway::app::Gateway;
+use amity_gateway::cache::LookupCache;
 use amity_gateway::config::{FileConfig, Secret};
 use amity_gateway::server::Bound;
 use amity_gateway::sim::{SimConfig, SimHandle, Simulator};
@@ -27,6 +28,7 @@ pub struct TestEnv {
     pub sim_handle: Option<SimHandle>,
     pub sim_addr: SocketAddr,
     pub gw: Bound,
+    pub cache: Arc<LookupCache>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -64,6 +66,7 @@ impl TestEnv {
             .expect("valid test config");
         let gateway = Gateway::bind(config).await.expect("gateway binds");
         let gw = gateway.bound();
+        let cache = gateway.cache();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -73,6 +76,7 @@ impl TestEnv {
             sim_handle: Some(sim_handle),
             sim_addr,
             gw,
+            cache,
             stop: Some(stop),
             task: Some(task),
         }
