@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::error::BoxError;
-use crate::server::{self, Bound, Health, MetricsRender};
+use crate::server::{self, Acceptor, Bound, Health, MetricsRender};
 use crate::stack::{self, Shared};
 use crate::upstream::Upstream;
 
@@ -16,14 +16,22 @@ use crate::upstream::Upstream;
 pub struct Gateway {
     shared: Shared,
     listener: TcpListener,
+    acceptor: Acceptor,
     admin: TcpListener,
     health: Arc<Health>,
     metrics: Option<MetricsRender>,
 }
 
 impl Gateway {
-    /// Loads the key, binds both listeners. Fails fast on anything wrong.
+    /// Loads the key and the TLS pair, binds both listeners. Fails fast on anything wrong.
     pub async fn bind(config: Config) -> Result<Self, BoxError> {
+        let acceptor = match &config.tls {
+            Some(tls) => Acceptor::Tls {
+                acceptor: crate::tls::acceptor(tls)?,
+                handshake_timeout: tls.handshake_timeout,
+            },
+            None => Acceptor::Plain,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -36,6 +44,7 @@ impl Gateway {
         Ok(Self {
             shared,
             listener,
+            acceptor,
             admin,
             health,
             metrics,
@@ -64,6 +73,7 @@ impl Gateway {
         let Gateway {
             shared,
             listener,
+            acceptor,
             admin,
             health,
             metrics,
@@ -82,6 +92,7 @@ impl Gateway {
         };
         server::serve(
             listener,
+            acceptor,
             service,
             cfg.header_read_timeout,
             shutdown,

@@ -46,6 +46,7 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     pub log: LogFile,
     pub cache: crate::cache::settings::CacheFile,
+    pub tls: TlsFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -195,6 +196,28 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// TLS on the client listener; off unless both files are named.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFile {
+    /// PEM certificate chain, leaf first. Env `GATEWAY_TLS_CERT_FILE`. Default: none (plain HTTP).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Env `GATEWAY_TLS_KEY_FILE`. Default: none.
+    pub key_file: Option<PathBuf>,
+    /// Time a client gets to complete the TLS handshake. Default 10000 ms.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsFile {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
 // ------------------------------------------------------------------ runtime config
 
 /// Where the injected key comes from. Its `Debug` never shows the key.
@@ -229,6 +252,15 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log: LogFile,
     pub cache: crate::cache::settings::CacheConfig,
+    /// TLS on the client listener, or plain HTTP when `None`.
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -251,11 +283,14 @@ pub struct Env {
     pub upstream_url: Option<String>,
     pub api_key: Option<String>,
     pub api_key_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 impl Env {
     /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM_URL`, `AMITY_API_KEY`,
-    /// `GATEWAY_API_KEY_FILE`; empty values count as unset.
+    /// `GATEWAY_API_KEY_FILE`, `GATEWAY_TLS_CERT_FILE`, `GATEWAY_TLS_KEY_FILE`; empty values
+    /// count as unset.
     pub fn from_process() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Self {
@@ -264,6 +299,8 @@ impl Env {
             upstream_url: var("GATEWAY_UPSTREAM_URL"),
             api_key: var("AMITY_API_KEY"),
             api_key_file: var("GATEWAY_API_KEY_FILE"),
+            tls_cert_file: var("GATEWAY_TLS_CERT_FILE"),
+            tls_key_file: var("GATEWAY_TLS_KEY_FILE"),
         }
     }
 }
@@ -306,6 +343,12 @@ impl FileConfig {
         }
         if let Some(v) = &env.api_key_file {
             self.api_key.file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = &env.tls_cert_file {
+            self.tls.cert_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = &env.tls_key_file {
+            self.tls.key_file = Some(PathBuf::from(v));
         }
     }
 
@@ -372,12 +415,38 @@ impl FileConfig {
                 as usize,
             log: self.log.clone(),
             cache: self.cache.resolve()?,
+            tls: self.tls.resolve(Duration::from_millis(positive(
+                "tls.handshake_timeout_ms",
+                self.tls.handshake_timeout_ms,
+            )?))?,
         })
     }
 
     /// The effective config as TOML, secrets masked (for `check-config`).
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl TlsFile {
+    /// Both files or neither; the files themselves are read when the listener is bound.
+    fn resolve(&self, handshake_timeout: Duration) -> Result<Option<Tls>, ConfigError> {
+        match (&self.cert_file, &self.key_file) {
+            (None, None) => Ok(None),
+            (Some(cert_file), Some(key_file)) => Ok(Some(Tls {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                handshake_timeout,
+            })),
+            (Some(_), None) => Err(invalid(
+                "tls.key_file",
+                "tls.cert_file is set but no key file (GATEWAY_TLS_KEY_FILE)",
+            )),
+            (None, Some(_)) => Err(invalid(
+                "tls.cert_file",
+                "tls.key_file is set but no certificate file (GATEWAY_TLS_CERT_FILE)",
+            )),
+        }
     }
 }
 
@@ -478,6 +547,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("server.listen"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_env_can_name_them() {
+        let c = FileConfig::default().resolve(&env_key()).unwrap();
+        assert!(c.tls.is_none(), "plain HTTP unless configured");
+        let mut f = FileConfig::default();
+        f.tls.cert_file = Some("/c.pem".into());
+        let err = f.clone().resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("tls.key_file"), "{err}");
+        let env = Env {
+            tls_key_file: Some("/k.pem".into()),
+            ..env_key()
+        };
+        let tls = f.resolve(&env).unwrap().tls.unwrap();
+        assert_eq!(tls.cert_file, Path::new("/c.pem"));
+        assert_eq!(tls.key_file, Path::new("/k.pem"));
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        let env = Env {
+            tls_cert_file: Some("/c.pem".into()),
+            ..env_key()
+        };
+        let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
+        assert!(err.contains("tls.cert_file"), "{err}");
     }
 
     #[test]

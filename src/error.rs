@@ -246,8 +246,6 @@ pub enum GatewayError {
     Timeout,
     #[error("overloaded")]
     Overloaded,
-    #[error("api key unavailable")]
-    KeyUnavailable,
 }
 
 impl GatewayError {
@@ -258,7 +256,6 @@ impl GatewayError {
             GatewayError::UpstreamTimeout | GatewayError::Timeout => "timeout",
             GatewayError::UpstreamProtocol(_) | GatewayError::UpstreamTooLarge => "protocol",
             GatewayError::Overloaded => "overloaded",
-            GatewayError::KeyUnavailable => "api_key",
         }
     }
 }
@@ -275,9 +272,7 @@ pub fn rescue(err: &BoxError) -> ApiError {
                 ApiError::BadGateway("upstream response too large".into())
             }
             GatewayError::UpstreamTimeout | GatewayError::Timeout => ApiError::GatewayTimeout,
-            GatewayError::Overloaded | GatewayError::KeyUnavailable => {
-                ApiError::Overloaded { retry_after: 1 }
-            }
+            GatewayError::Overloaded => ApiError::Overloaded { retry_after: 1 },
         };
     }
     if err.is::<tower::timeout::error::Elapsed>() {

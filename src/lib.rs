@@ -11,11 +11,13 @@ pub mod config;
 pub mod error;
 pub mod layers;
 pub mod metrics;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod session;
 pub mod sim;
 pub mod stack;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 

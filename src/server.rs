@@ -1,4 +1,8 @@
-//! Listeners, HTTP/1.1 + HTTP/2 on one port, the admin endpoints and graceful shutdown.
+//! Listeners, HTTP/1.1 + HTTP/2 on one port (plain, or TLS with ALPN), the admin endpoints and
+//! graceful shutdown.
+//!
+//! The accept loop only accepts: the TLS handshake runs in the connection's own task under a
+//! timeout, so a slow or silent client never delays the next accept.
 //!
 //! Shutdown order: readiness turns false, the listeners close (new connections are refused),
 //! open connections are told to finish (HTTP/1 stops keep-alive, HTTP/2 sends GOAWAY), and the
@@ -17,9 +21,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
 use crate::error::Body;
@@ -55,9 +61,22 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// How an accepted TCP connection becomes the byte stream HTTP is spoken on.
+#[derive(Clone)]
+pub enum Acceptor {
+    /// HTTP directly on TCP: the sidecar case, where the app is on the same pod.
+    Plain,
+    /// TLS first; a handshake not done within `handshake_timeout` closes the connection.
+    Tls {
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+    },
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then drains for at most `drain`.
 pub async fn serve<S>(
     listener: TcpListener,
+    acceptor: Acceptor,
     service: S,
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
@@ -69,7 +88,7 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = http_builder(header_read_timeout);
+    let builder = Arc::new(http_builder(header_read_timeout));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -93,13 +112,23 @@ pub async fn serve<S>(
                 req.extensions_mut().insert(ClientAddr(peer));
                 req
             });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        // Taken here, not in the task: a shutdown that starts during the handshake still
+        // reaches the connection, and the drain waits for it.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match acceptor {
+                Acceptor::Plain => serve_connection(&builder, stream, svc, watcher).await,
+                Acceptor::Tls {
+                    acceptor,
+                    handshake_timeout,
+                } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(&builder, tls, svc, watcher).await,
+                    // Scanners and broken clients: not the gateway's fault, so not a warning.
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                },
             }
         });
     }
@@ -107,6 +136,26 @@ pub async fn serve<S>(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// Speaks HTTP/1.1 or HTTP/2 (by the client's preface) on `io` until the connection ends.
+async fn serve_connection<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -124,6 +173,7 @@ pub async fn serve_admin(
     });
     serve(
         listener,
+        Acceptor::Plain,
         svc,
         Duration::from_secs(5),
         shutdown,

@@ -323,7 +323,7 @@ impl LookupCache {
     /// it (its hash names the network); `user_id`/`device_id` come from the validated body.
     pub fn session(
         &self,
-        api_key: Option<&HeaderValue>,
+        api_key: &HeaderValue,
         user_id: &str,
         device_id: &str,
     ) -> Option<SessionPending> {
@@ -331,7 +331,7 @@ impl LookupCache {
             return None;
         }
         Some(SessionPending {
-            partition: Partition::of_network(api_key?.as_bytes()),
+            partition: Partition::of_network(api_key.as_bytes()),
             user_id: user_id.into(),
             device: DeviceHash(self.devices.hash_one(device_id)),
         })

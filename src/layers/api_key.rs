@@ -3,12 +3,10 @@
 //! `http`'s `Debug` never print it.
 //!
 //! A key read from a file (a mounted Kubernetes Secret) is re-read when the file changes on
-//! disk: each request compares the file's identity (inode, size, mtime), a single `stat`, and the
-//! next request after a rotation already carries the new key.
+//! disk (see [`crate::reload`]): the next request after a rotation already carries the new key.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{self, Either, Ready};
@@ -17,7 +15,8 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::config::{ClientKeyPolicy, KeySource};
-use crate::error::{ApiError, Body, BoxError, ErrorFormat, GatewayError};
+use crate::error::{ApiError, Body, BoxError, ErrorFormat};
+use crate::reload::Reloading;
 
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -38,48 +37,19 @@ pub struct ApiKey {
 #[derive(Debug)]
 enum Inner {
     Static(HeaderValue),
-    File {
-        path: PathBuf,
-        state: RwLock<FileState>,
-    },
+    File(Reloading<HeaderValue>),
 }
 
-#[derive(Debug, Clone)]
-struct FileState {
-    stamp: Stamp,
-    value: HeaderValue,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
-    let m = std::fs::metadata(path)?;
-    Ok(Stamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-    })
-}
-
-fn read_key(path: &Path) -> Result<(Stamp, HeaderValue), String> {
-    let before =
-        stamp(path).map_err(|e| format!("cannot read api key file {}: {e}", path.display()))?;
+/// Reads the key file (one path); an empty file is an error, the key never appears in one.
+fn read_key(paths: &[PathBuf]) -> Result<HeaderValue, String> {
+    let path = paths.first().ok_or("no api key file")?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read api key file {}: {e}", path.display()))?;
     let key = text.trim();
     if key.is_empty() {
         return Err(format!("api key file {} is empty", path.display()));
     }
-    Ok((before, header_value(key)?))
+    header_value(key)
 }
 
 impl ApiKey {
@@ -88,45 +58,18 @@ impl ApiKey {
         let inner = match source {
             KeySource::Value(v) => Inner::Static(header_value(v)?),
             KeySource::File(path) => {
-                let (stamp, value) = read_key(path)?;
-                Inner::File {
-                    path: path.clone(),
-                    state: RwLock::new(FileState { stamp, value }),
-                }
+                Inner::File(Reloading::new("api key", vec![path.clone()], read_key)?)
             }
         };
         Ok(Self { inner })
     }
 
     /// The key to inject now. For a file source, re-reads the file if it changed; if the new
-    /// content is unreadable the last good key is kept (and a warning logged without the key).
-    pub fn current(&self) -> Option<HeaderValue> {
+    /// content is unusable the last good key is kept (and a warning logged without the key).
+    pub fn current(&self) -> HeaderValue {
         match &self.inner {
-            Inner::Static(v) => Some(v.clone()),
-            Inner::File { path, state } => {
-                let now = stamp(path).ok();
-                {
-                    let s = state.read().ok()?;
-                    if now.is_none_or(|n| n == s.stamp) {
-                        return Some(s.value.clone());
-                    }
-                }
-                match read_key(path) {
-                    Ok((stamp, value)) => {
-                        let mut s = state.write().ok()?;
-                        *s = FileState {
-                            stamp,
-                            value: value.clone(),
-                        };
-                        tracing::info!(path = %path.display(), "api key file changed; new key in use");
-                        Some(value)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "api key file unreadable; keeping the previous key");
-                        state.read().ok().map(|s| s.value.clone())
-                    }
-                }
-            }
+            Inner::Static(v) => v.clone(),
+            Inner::File(file) => file.current(),
         }
     }
 }
@@ -188,14 +131,7 @@ where
         // `remove` drops every value of the name; names are case-insensitive in `http`.
         headers.remove(&X_API_KEY);
         if self.layer.inject {
-            match self.layer.key.current() {
-                Some(v) => {
-                    headers.insert(X_API_KEY.clone(), v);
-                }
-                None => {
-                    return Either::Left(future::ready(Err(GatewayError::KeyUnavailable.into())))
-                }
-            }
+            headers.insert(X_API_KEY.clone(), self.layer.key.current());
         }
         Either::Right(self.inner.call(req))
     }
@@ -209,7 +145,7 @@ mod tests {
     #[test]
     fn key_is_sensitive_and_debug_hides_it() {
         let k = ApiKey::load(&KeySource::Value("s3cr3t".into())).unwrap();
-        let v = k.current().unwrap();
+        let v = k.current();
         assert!(v.is_sensitive());
         assert!(!format!("{v:?}").contains("s3cr3t"));
     }
@@ -220,7 +156,7 @@ mod tests {
         let path = dir.path().join("key");
         std::fs::write(&path, "first\n").unwrap();
         let k = ApiKey::load(&KeySource::File(path.clone())).unwrap();
-        assert_eq!(k.current().unwrap(), "first");
+        assert_eq!(k.current(), "first");
         // Rotate the way Kubernetes does: write a new file, rename it over the old one.
         let tmp = dir.path().join("key.new");
         std::fs::File::create(&tmp)
@@ -228,10 +164,10 @@ mod tests {
             .write_all(b"second")
             .unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        assert_eq!(k.current().unwrap(), "second");
+        assert_eq!(k.current(), "second");
         // An unreadable rotation keeps the last good key.
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(k.current().unwrap(), "second");
+        assert_eq!(k.current(), "second");
     }
 
     #[test]

@@ -72,7 +72,7 @@ where
         let pending = if cache.enabled() {
             req.extensions().get::<SessionFacts>().and_then(|f| {
                 let key = self.layer.api_key.current();
-                cache.session(key.as_ref(), &f.user_id, &f.device_id)
+                cache.session(&key, &f.user_id, &f.device_id)
             })
         } else {
             None
