@@ -29,6 +29,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 KUSTOMIZE_ROOT = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "gateway.rules.yml"
+# The admin port's name, which Prometheus discovery (deploy/prometheus/prometheus.yml) keeps.
+ADMIN_PORT_NAME = "gateway-admin"
 TARGETS = ["base", "overlays/sidecar", "overlays/edge"]
 GATEWAY = "amity-gateway"
 CONFIG_KEY = "gateway.toml"
@@ -311,6 +314,10 @@ def check_gateway(target: str, doc: dict, docs: list[dict], gateway: Path) -> No
             f"{what}: {probe} GET {path} on the admin port {admin_port}",
         )
     check(admin_port in exposed and listen_port in exposed, f"{what}: the image EXPOSEs {listen_port} and {admin_port}")
+    check(
+        port_number(gw, ADMIN_PORT_NAME) == admin_port,
+        f"{what}: the admin port {admin_port} is named `{ADMIN_PORT_NAME}` (what Prometheus discovery keeps)",
+    )
 
     # Role-specific listener.
     if sidecar:
@@ -381,6 +388,21 @@ def pods_selected(selector: dict, docs: list[dict]) -> list[dict]:
     return [d for d in workloads(docs) if selects(selector, pod_labels(d))]
 
 
+def alert_job() -> str:
+    """The job the alert rules expect the gateway's targets in."""
+    return re.search(r'up\{job="([^"]+)"\}', ALERT_RULES.read_text()).group(1)
+
+
+def sets_job(endpoint: dict, job: str) -> bool:
+    return any(
+        r.get("targetLabel") == "job"
+        and r.get("replacement") == job
+        and r.get("action", "replace") == "replace"
+        and not r.get("sourceLabels")
+        for r in endpoint.get("relabelings", [])
+    )
+
+
 def check_references(target: str, docs: list[dict]) -> None:
     services = [d for d in docs if d["kind"] == "Service"]
     for svc in services:
@@ -425,6 +447,7 @@ def check_references(target: str, docs: list[dict]) -> None:
                 and any(port_number(c, ep["port"]) is not None for d in pods for c in containers(pod_spec(d))),
                 f"{what}: scrapes /metrics on the named container port {ep['port']}",
             )
+            check(sets_job(ep, alert_job()), f"{what}: targets get job=\"{alert_job()}\", the job the alert rules select")
     for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
         what = f"{target}: {name_of(sm)}"
         svcs = [s for s in services if selects(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
@@ -436,6 +459,7 @@ def check_references(target: str, docs: list[dict]) -> None:
                 and all(any(p.get("name") == ep["port"] for p in s["spec"]["ports"]) for s in svcs),
                 f"{what}: scrapes /metrics on the Service port {ep['port']}",
             )
+            check(sets_job(ep, alert_job()), f"{what}: targets get job=\"{alert_job()}\", the job the alert rules select")
         check(
             all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in svcs),
             f"{what}: the admin port it scrapes is only on a ClusterIP Service, never the load balancer",
