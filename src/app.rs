@@ -48,6 +48,11 @@ impl Gateway {
         }
     }
 
+    /// The rate limiter's counters (fallbacks included), if rate limiting is enabled.
+    pub fn rate_limit_stats(&self) -> Option<Arc<crate::ratelimit::RateLimitStats>> {
+        self.shared.rate_limit.as_ref().map(|l| l.stats())
+    }
+
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
     }

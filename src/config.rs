@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub network: NetworkFile,
     pub limits: LimitsFile,
     pub log: LogFile,
+    pub rate_limit: crate::ratelimit::RateLimitFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -227,6 +228,8 @@ pub struct Config {
     pub secure: bool,
     pub max_body_bytes: usize,
     pub log: LogFile,
+    /// `None` when rate limiting is disabled.
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,11 +252,12 @@ pub struct Env {
     pub upstream_url: Option<String>,
     pub api_key: Option<String>,
     pub api_key_file: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Env {
     /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM_URL`, `AMITY_API_KEY`,
-    /// `GATEWAY_API_KEY_FILE`; empty values count as unset.
+    /// `GATEWAY_API_KEY_FILE`, `GATEWAY_REDIS_URL`; empty values count as unset.
     pub fn from_process() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Self {
@@ -262,6 +266,7 @@ impl Env {
             upstream_url: var("GATEWAY_UPSTREAM_URL"),
             api_key: var("AMITY_API_KEY"),
             api_key_file: var("GATEWAY_API_KEY_FILE"),
+            redis_url: var("GATEWAY_REDIS_URL"),
         }
     }
 }
@@ -359,6 +364,7 @@ impl FileConfig {
             max_body_bytes: positive("limits.max_body_bytes", self.limits.max_body_bytes as u64)?
                 as usize,
             log: self.log.clone(),
+            rate_limit: self.rate_limit.resolve(env.redis_url.as_deref())?,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod session;

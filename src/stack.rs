@@ -11,9 +11,11 @@
 //!
 //! Then one policy chain per kind of route:
 //!
-//! - session: body limit (415/413) → validate (400/422) → [rate limit] → key injection →
+//! - session: body limit (415/413) → validate (400/422) → rate limit (429) → key injection →
 //!   forward hygiene → upstream. Validation precedes everything that costs or counts, so nothing
-//!   invalid reaches the limiter or the upstream.
+//!   invalid reaches the limiter or the upstream, and the limiter keys on the validated
+//!   `deviceId` (one budget across v3, v4 and v5). The limiter precedes key injection so a
+//!   refused request is never forwarded; it is absent when `rate_limit.enabled = false`.
 //! - lookup and pass-through: body limit → key strip → forward hygiene → upstream.
 
 use std::convert::Infallible;
@@ -30,9 +32,11 @@ use crate::error::{Body, BoxError};
 use crate::layers::api_key::{ApiKey, ApiKeyLayer};
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::trace::{Observer, TraceLayer};
 use crate::layers::validate::ValidateLayer;
+use crate::ratelimit::RateLimiter;
 use crate::routes::Router;
 use crate::session::Rules;
 
@@ -42,15 +46,22 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub api_key: Arc<ApiKey>,
     pub observer: Arc<dyn Observer>,
+    /// `None` when rate limiting is disabled.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Result<Self, String> {
         let api_key = Arc::new(ApiKey::load(&config.api_key)?);
+        let rate_limit = match &config.rate_limit {
+            Some(rl) => Some(Arc::new(RateLimiter::new(rl)?)),
+            None => None,
+        };
         Ok(Self {
             config: Arc::new(config),
             api_key,
             observer: Arc::new(()),
+            rate_limit,
         })
     }
 }
@@ -80,6 +91,7 @@ where
     let session = ServiceBuilder::new()
         .layer(BodyLayer::new(cfg.max_body_bytes, true))
         .layer(ValidateLayer::new(Rules { secure: cfg.secure }))
+        .option_layer(shared.rate_limit.clone().map(RateLimitLayer::new))
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,

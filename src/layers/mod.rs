@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod body;
 pub mod forward;
+pub mod rate_limit;
 pub mod rescue;
 pub mod trace;
 pub mod validate;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use amity_gateway::app::Gateway;
 use amity_gateway::config::{FileConfig, Secret};
+use amity_gateway::ratelimit::RateLimitStats;
 use amity_gateway::server::Bound;
 use amity_gateway::sim::{SimConfig, SimHandle, Simulator};
 use bytes::Bytes;
@@ -27,6 +28,8 @@ pub struct TestEnv {
     pub sim_handle: Option<SimHandle>,
     pub sim_addr: SocketAddr,
     pub gw: Bound,
+    /// The gateway's rate-limit counters (`None` when rate limiting is disabled).
+    pub rate_limit: Option<Arc<RateLimitStats>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -64,6 +67,7 @@ impl TestEnv {
             .expect("valid test config");
         let gateway = Gateway::bind(config).await.expect("gateway binds");
         let gw = gateway.bound();
+        let rate_limit = gateway.rate_limit_stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -73,6 +77,7 @@ impl TestEnv {
             sim_handle: Some(sim_handle),
             sim_addr,
             gw,
+            rate_limit,
             stop: Some(stop),
             task: Some(task),
         }
