@@ -32,12 +32,14 @@
 //! | 100,000 | 1.0·10⁻² | 9·10⁻²³ |
 //! | 1,000,000 | 0.92 | 1.2·10⁻³ |
 //!
-//! So the default keeps false refusals negligible up to about 100,000 counted session
-//! registrations per window (1,700/s with the 60 s default) and still serves a light device
-//! through a flood of a million new ids per window with about one refusal in a thousand (the
-//! flood benchmark, `benches/limiter_flood.rs`, measures it). Refused requests are not counted,
-//! so a single abusive device adds at most `q` to N. Quadrupling `sketch_slots` divides λ by
-//! four (at 2^20: 1.4·10⁻¹ and 5·10⁻¹⁴ at a million).
+//! So with the defaults a device's last unit is exact for all but a few in a million devices
+//! up to 10,000 counted session registrations per window; at 100,000 (1,700/s with the 60 s
+//! default) one device in a hundred is refused at its 10th request, while a device that uses
+//! half its budget is never affected; and through a flood of a million new ids in one window a
+//! device that has made 5 of its 10 requests is refused early about once in a thousand (the
+//! flood benchmark, `benches/limiter_flood.rs`, measures both cases). Refused requests are not
+//! counted, so a single abusive device adds at most `q` to N. Quadrupling `sketch_slots`
+//! divides λ by four (at 2^20 and a million: 0.14 at the 10th request, 5·10⁻¹⁴ at the 5th).
 //!
 //! ## Windows and concurrency
 //!
@@ -46,8 +48,11 @@
 //! window clears the sketch that held the window before last (a few milliseconds for the
 //! default size, once per window) while concurrent requests for that window wait; readers of
 //! the previous window check its number before and after reading, so a sketch being cleared is
-//! read as empty. A request is counted first and the count undone if it does not fit, so two
-//! racing requests for one key can never both take its last unit.
+//! read as empty.
+//!
+//! A request's counts are read first, and one that does not fit is refused without a write.
+//! One that fits is counted, and the increment's own result decides again, so of two racing
+//! requests for a key's last unit exactly one is admitted and the other's count is taken back.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -70,6 +75,9 @@ struct Slot {
 /// Sliding-window counts of one policy over an unbounded key space, in fixed memory.
 pub struct SlidingSketch {
     slots: [Slot; 2],
+    /// Turns a key into 64 bits once per decision, so the sketch's rows hash a `u64` rather
+    /// than re-reading the key. Randomly seeded: nobody can pick ids that collide on purpose.
+    prehash: ahash::RandomState,
     origin: Instant,
     window_ms: u64,
     limit: u32,
@@ -80,9 +88,10 @@ pub struct Acquired<'a> {
     pub admitted: bool,
     /// Counts before this request.
     pub tally: Tally,
-    /// Where the counted request sits, to take it back ([`SlidingSketch::undo`]).
+    /// Where an admitted request was counted, to take it back ([`SlidingSketch::undo`]).
     slot: &'a Slot,
     window: u64,
+    hash: u64,
 }
 
 impl SlidingSketch {
@@ -99,6 +108,7 @@ impl SlidingSketch {
         // one) needs no special case.
         Self {
             slots: [slot(0), slot(1)],
+            prehash: ahash::RandomState::new(),
             origin,
             window_ms,
             limit: quota.requests.get(),
@@ -149,14 +159,14 @@ impl SlidingSketch {
         }
     }
 
-    /// The count of `key` in window `n − 1`, or 0 if that window is gone.
-    fn previous<K: Hash>(&self, n: u64, key: &K) -> u64 {
+    /// The count of `hash` in window `n − 1`, or 0 if that window is gone.
+    fn previous(&self, n: u64, hash: u64) -> u64 {
         let slot = &self.slots[((n + 1) & 1) as usize];
         let want = n - 1;
         if slot.window.load(Ordering::Acquire) != want {
             return 0;
         }
-        let count = slot.sketch.get(key);
+        let count = slot.sketch.get(hash);
         // Cleared for a newer window while being read: the old counts are gone.
         if slot.window.load(Ordering::Acquire) != want {
             return 0;
@@ -166,47 +176,67 @@ impl SlidingSketch {
 
     /// Counts one request for `key` if it fits within the limit; if not, leaves the counts as
     /// they were.
+    ///
+    /// The counts are read first: a request that does not fit costs no write at all, and the
+    /// reads of both windows' counters overlap their cache misses, so the increment that
+    /// follows hits cache. The increment's own result then decides, so of two racing requests
+    /// for a key's last unit exactly one is admitted; the other's count is taken back.
     pub fn acquire<K: Hash>(&self, key: &K, now: Instant) -> Acquired<'_> {
-        let (slot, window, tally) = self.count(key, now);
-        let acquired = Acquired {
-            admitted: tally.admits(self.limit),
+        let hash = self.prehash.hash_one(key);
+        let (n, elapsed_ms) = self.locate(now);
+        let slot = self.current(n);
+        let mut tally = Tally {
+            prev: self.previous(n, hash),
+            curr: slot.sketch.get(hash).max(0) as u64,
+            elapsed_ms,
+            window_ms: self.window_ms,
+        };
+        let mut acquired = Acquired {
+            admitted: false,
             tally,
             slot,
-            window,
+            window: n,
+            hash,
         };
+        if !tally.admits(self.limit) {
+            return acquired;
+        }
+        tally.curr = (slot.sketch.incr(hash, 1).max(1) - 1) as u64;
+        acquired.tally = tally;
+        acquired.admitted = tally.admits(self.limit);
         if !acquired.admitted {
-            self.undo(key, &acquired);
+            Self::take_back(slot, n, hash);
         }
         acquired
     }
 
-    /// Adds one request for `key` to the current window: where it was counted, and the counts
-    /// before it.
-    fn count<K: Hash>(&self, key: &K, now: Instant) -> (&Slot, u64, Tally) {
-        let (n, elapsed_ms) = self.locate(now);
-        let slot = self.current(n);
-        let after = slot.sketch.incr(key, 1).max(1) as u64;
-        let tally = Tally {
-            prev: self.previous(n, key),
-            curr: after - 1,
-            elapsed_ms,
-            window_ms: self.window_ms,
-        };
-        (slot, n, tally)
+    /// Takes back an admitted request (a later policy refused it).
+    pub fn undo(&self, acquired: &Acquired<'_>) {
+        if acquired.admitted {
+            Self::take_back(acquired.slot, acquired.window, acquired.hash);
+        }
     }
 
-    /// Takes back the request counted by `acquired` (a later policy refused it).
-    pub fn undo<K: Hash>(&self, key: &K, acquired: &Acquired<'_>) {
+    fn take_back(slot: &Slot, window: u64, hash: u64) {
         // If the sketch moved on to a newer window the count went with it.
-        if acquired.slot.window.load(Ordering::Acquire) == acquired.window {
-            acquired.slot.sketch.decr(key, 1);
+        if slot.window.load(Ordering::Acquire) == window {
+            slot.sketch.decr(hash, 1);
         }
     }
 
     /// Counts one request for `key` whatever the limit says (another backend admitted it), and
     /// returns the counts before it.
     pub fn record<K: Hash>(&self, key: &K, now: Instant) -> Tally {
-        self.count(key, now).2
+        let hash = self.prehash.hash_one(key);
+        let (n, elapsed_ms) = self.locate(now);
+        let slot = self.current(n);
+        let after = slot.sketch.incr(hash, 1).max(1) as u64;
+        Tally {
+            prev: self.previous(n, hash),
+            curr: after - 1,
+            elapsed_ms,
+            window_ms: self.window_ms,
+        }
     }
 }
 
@@ -245,7 +275,7 @@ impl LocalLimiter {
             Some((sketch, addr)) => {
                 let got = sketch.acquire(&addr, now);
                 if !got.admitted {
-                    self.session.undo(&key.device, &dev);
+                    self.session.undo(&dev);
                     return Decision {
                         allowed: false,
                         source,

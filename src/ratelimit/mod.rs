@@ -14,7 +14,8 @@
 //!   decides and the fallback is counted in [`RateLimitStats`].
 //!
 //! All arithmetic is done on integers scaled by the window length in milliseconds
-//! ([`Tally::scaled`]), so both backends agree to the request on every decision.
+//! ([`Tally::scaled`]), so both backends agree to the request on every decision (the Redis
+//! script's doubles are exact for every `requests × window` the config accepts).
 
 mod config;
 pub mod local;
@@ -68,50 +69,54 @@ pub struct Standing {
 impl Tally {
     /// The sliding-window estimate in units of `1/window_ms` requests, with `extra` requests
     /// added to the current window: `prev × (window − elapsed) + (curr + extra) × window`.
-    pub fn scaled(&self, extra: u64) -> u128 {
-        let w = u128::from(self.window_ms);
-        let left = w - u128::from(self.elapsed_ms.min(self.window_ms));
-        u128::from(self.prev) * left + u128::from(self.curr + extra) * w
+    /// Saturating: a count that would overflow is far over any limit anyway.
+    pub fn scaled(&self, extra: u64) -> u64 {
+        let left = self.window_ms - self.elapsed_ms.min(self.window_ms);
+        self.prev.saturating_mul(left).saturating_add(
+            self.curr
+                .saturating_add(extra)
+                .saturating_mul(self.window_ms),
+        )
     }
 
     /// Whether one more request fits in `limit`.
     pub fn admits(&self, limit: u32) -> bool {
-        self.scaled(1) <= u128::from(limit) * u128::from(self.window_ms)
+        self.scaled(1) <= u64::from(limit) * self.window_ms
     }
 
     /// Where the key stands, with the decided request counted or not.
     pub fn standing(&self, limit: u32, counted: bool) -> Standing {
-        let w = u128::from(self.window_ms);
-        let cap = u128::from(limit) * w;
+        let w = self.window_ms.max(1);
         let used = self.scaled(u64::from(counted));
-        let remaining = (cap.saturating_sub(used) / w).min(u128::from(limit)) as u32;
+        let free = (u64::from(limit) * w).saturating_sub(used) / w;
+        let remaining = free.min(u64::from(limit)) as u32;
         let reset_ms = if remaining >= limit {
             0
         } else {
             // The estimate must fall to this for one more request to fit.
-            let target = u128::from(limit - remaining - 1) * w;
+            let target = u64::from(limit - remaining - 1) * w;
             self.ms_until(target, counted)
         };
         Standing {
             remaining,
-            reset_secs: reset_ms.div_ceil(1000) as u64,
+            reset_secs: reset_ms.div_ceil(1000),
         }
     }
 
     /// Milliseconds until the estimate falls to `target` (scaled) if nothing more is counted.
     /// Within the current window only the previous window's share shrinks; after it, the
     /// current count becomes the previous one and shrinks in turn.
-    fn ms_until(&self, target: u128, counted: bool) -> u128 {
-        let w = u128::from(self.window_ms);
-        let el = u128::from(self.elapsed_ms.min(self.window_ms));
-        let prev = u128::from(self.prev);
-        let curr = u128::from(self.curr + u64::from(counted));
-        if curr * w <= target {
-            if prev == 0 {
+    fn ms_until(&self, target: u64, counted: bool) -> u64 {
+        let w = self.window_ms.max(1);
+        let el = self.elapsed_ms.min(w);
+        let curr = self.curr.saturating_add(u64::from(counted));
+        let curr_scaled = curr.saturating_mul(w);
+        if curr_scaled <= target {
+            if self.prev == 0 {
                 return 0;
             }
             // prev × (w − e) ≤ target − curr × w  ⇔  e ≥ w − ⌊(target − curr × w) / prev⌋
-            let e = w.saturating_sub((target - curr * w) / prev);
+            let e = w.saturating_sub((target - curr_scaled) / self.prev);
             e.saturating_sub(el)
         } else {
             // Next window: curr × (w − e) ≤ target  ⇔  e ≥ w − ⌊target / curr⌋
