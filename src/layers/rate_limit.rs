@@ -320,6 +320,56 @@ mod tests {
         );
     }
 
+    fn layered(
+    ) -> impl Service<Request<Bytes>, Response = Response<Body>, Error = BoxError, Future: Unpin> + Clone
+    {
+        let config = crate::ratelimit::RateLimitFile {
+            requests: 1,
+            ..Default::default()
+        }
+        .resolve(None)
+        .unwrap()
+        .unwrap();
+        let limiter = Arc::new(RateLimiter::new(&config).unwrap());
+        RateLimitLayer::new(limiter).layer(tower::service_fn(|_req: Request<Bytes>| {
+            let mut res = Response::new(Body::default());
+            res.extensions_mut().insert(Outcome {
+                upstream_secs: Some(0.25),
+                ..Outcome::default()
+            });
+            futures_util::future::ready(Ok::<_, BoxError>(res))
+        }))
+    }
+
+    fn session(device: &str) -> Request<Bytes> {
+        let mut req = Request::new(Bytes::new());
+        req.extensions_mut().insert(SessionFacts {
+            user_id: "u".into(),
+            device_id: device.into(),
+        });
+        req
+    }
+
+    #[test]
+    fn the_decision_joins_what_inner_layers_put_in_the_outcome() {
+        use futures_util::FutureExt;
+        use tower::ServiceExt;
+        let svc = layered();
+        let call = |req| svc.clone().oneshot(req).now_or_never().unwrap();
+        let res = call(session("d")).unwrap();
+        let outcome = res.extensions().get::<Outcome>().unwrap();
+        assert_eq!(outcome.rate_limit, Some("allowed"));
+        assert_eq!(outcome.upstream_secs, Some(0.25));
+        assert_eq!(res.headers()[&RATELIMIT_POLICY], "\"session\";q=1;w=60");
+        let res = call(session("d")).unwrap();
+        assert_eq!(res.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        let outcome = res.extensions().get::<Outcome>().unwrap();
+        assert_eq!(outcome.rate_limit, Some("limited"));
+        assert_eq!(outcome.upstream_secs, None, "never forwarded");
+        // Without validated facts nothing can be keyed: an error for the rescue layer.
+        assert!(call(Request::new(Bytes::new())).is_err());
+    }
+
     #[test]
     fn ratelimit_field_lists_the_consulted_policies() {
         let d = Decision {

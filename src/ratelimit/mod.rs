@@ -311,6 +311,7 @@ impl RateLimiter {
         match self.on_error {
             OnBackendError::Local => self.local.acquire(key, now, Source::Fallback),
             OnBackendError::Allow => {
+                // Admitted whatever the counts; the headers show this replica's own.
                 let (session, ip) = self.local.record(key, now);
                 Decision {
                     allowed: true,
