@@ -15,7 +15,7 @@ use amity_gateway::ratelimit::{Key, RateLimitFile, RateLimiter};
 
 const FLOOD: usize = 1_000_000;
 /// Light devices, each making `LIGHT_REQUESTS` of its 10: all must be admitted.
-const LIGHT: usize = 1_000;
+const LIGHT: usize = 10_000;
 const LIGHT_REQUESTS: usize = 5;
 /// Devices making exactly their 10 requests: all must be admitted too (the tightest case).
 const AT_LIMIT: usize = 1_000;
