@@ -60,7 +60,11 @@ async fn ten_pass_the_eleventh_is_a_429_never_forwarded_and_the_device_is_admitt
         })
         .collect();
     remaining.sort_unstable();
-    assert_eq!(remaining, (0..10).collect::<Vec<u64>>(), "one count, 10 units");
+    assert_eq!(
+        remaining,
+        (0..10).collect::<Vec<u64>>(),
+        "one count, 10 units"
+    );
     let refused = register(&env, "v3", "device-a").await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     let json = refused.json();
