@@ -242,7 +242,7 @@ async fn lookup_routes_are_not_limited() {
     }
     let stats = env.rate_limit.as_ref().unwrap();
     assert_eq!(
-        stats.decisions(amity_gateway::ratelimit::Source::Local, true),
+        stats.decisions(amity_gateway::ratelimit::Verdict::Allowed),
         1
     );
     env.shutdown().await;

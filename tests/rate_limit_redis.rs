@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amity_gateway::config::Secret;
-use amity_gateway::ratelimit::{BackendKind, OnBackendError, RateLimitStats, Source};
+use amity_gateway::ratelimit::{BackendKind, OnBackendError, RateLimitStats, Verdict};
 use common::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,7 +120,7 @@ fn remaining(res: &Reply) -> u64 {
 /// bounded, and fails if Redis is never used.
 async fn wait_for_redis(env: &TestEnv, label: &str) {
     let s = stats(env);
-    let before = s.decisions(Source::Redis, true);
+    let before = s.decisions(Verdict::Allowed);
     for i in 0..100 {
         let res = register(env, &format!("probe-{label}-{i}")).await;
         assert!(
@@ -128,7 +128,7 @@ async fn wait_for_redis(env: &TestEnv, label: &str) {
             "{label}: {:?}",
             res.status
         );
-        if s.decisions(Source::Redis, true) > before {
+        if s.decisions(Verdict::Allowed) > before {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -228,8 +228,8 @@ async fn replicas_share_one_budget_fall_back_while_redis_is_down_and_share_again
         [12, 2, 12],
         "one counted fallback per request"
     );
-    assert_eq!(stats(&deny).decisions(Source::Fallback, false), 2);
-    assert_eq!(stats(&allow).decisions(Source::Fallback, true), 12);
+    assert_eq!(stats(&deny).decisions(Verdict::FallbackDenied), 2);
+    assert_eq!(stats(&allow).decisions(Verdict::FallbackAllowed), 12);
 
     // Redis returns on the same port (empty): shared limiting resumes, no gateway restart.
     redis.start().await;
@@ -254,7 +254,7 @@ async fn a_gateway_starts_while_redis_is_down_and_shares_the_budget_once_it_is_u
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(remaining(&res), 9);
     assert!(stats(&a).backend_errors() >= 1);
-    assert_eq!(stats(&a).decisions(Source::Fallback, true), 1);
+    assert_eq!(stats(&a).decisions(Verdict::FallbackAllowed), 1);
 
     redis.start().await;
     wait_for_redis(&a, "a").await;

@@ -210,7 +210,7 @@ fn stamp(res: &mut Response<Body>, state: &State, decision: &Decision) {
     let headers = res.headers_mut();
     headers.insert(RATELIMIT_POLICY.clone(), state.policy.clone());
     headers.insert(RATELIMIT.clone(), ratelimit_value(decision));
-    let label = decision.label();
+    let label = decision.verdict().label();
     match res.extensions_mut().get_mut::<Outcome>() {
         Some(outcome) => outcome.rate_limit = Some(label),
         None => {

@@ -108,6 +108,16 @@ pub enum BackendKind {
     Redis,
 }
 
+impl BackendKind {
+    /// The `backend` label of the decision metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnBackendError {

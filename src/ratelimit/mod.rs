@@ -125,7 +125,7 @@ impl Tally {
     }
 }
 
-/// Who took a decision, for counting (the `backend` label of the decision metric).
+/// Who took a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// The local sketch, as the configured backend.
@@ -136,14 +136,34 @@ pub enum Source {
     Fallback,
 }
 
-impl Source {
-    pub const ALL: [Source; 3] = [Source::Local, Source::Redis, Source::Fallback];
+/// What was decided: the `decision` label of `gateway_rate_limit_decisions_total` and the
+/// `rate_limit` field of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Under budget; forwarded.
+    Allowed,
+    /// Over budget; answered 429.
+    Limited,
+    /// Redis failed or was late and `on_backend_error` admitted the request.
+    FallbackAllowed,
+    /// Redis failed or was late and `on_backend_error` refused the request.
+    FallbackDenied,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Allowed,
+        Verdict::Limited,
+        Verdict::FallbackAllowed,
+        Verdict::FallbackDenied,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
-            Source::Local => "local",
-            Source::Redis => "redis",
-            Source::Fallback => "fallback",
+            Verdict::Allowed => "allowed",
+            Verdict::Limited => "limited",
+            Verdict::FallbackAllowed => "fallback_allowed",
+            Verdict::FallbackDenied => "fallback_denied",
         }
     }
 }
@@ -159,13 +179,12 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Bounded label for the access log (`Outcome::rate_limit`).
-    pub fn label(&self) -> &'static str {
+    pub fn verdict(&self) -> Verdict {
         match (self.source, self.allowed) {
-            (Source::Fallback, true) => "fallback_allowed",
-            (Source::Fallback, false) => "fallback_limited",
-            (_, true) => "allowed",
-            (_, false) => "limited",
+            (Source::Fallback, true) => Verdict::FallbackAllowed,
+            (Source::Fallback, false) => Verdict::FallbackDenied,
+            (_, true) => Verdict::Allowed,
+            (_, false) => Verdict::Limited,
         }
     }
 
@@ -177,19 +196,35 @@ impl Decision {
     }
 }
 
-/// Counters for observability, read without locking (the metrics registry reads them at
-/// scrape time; tests read them directly).
-#[derive(Debug, Default)]
+/// Counters for observability, read without locking: the metrics registry brings
+/// `gateway_rate_limit_decisions_total{backend,decision}` and
+/// `gateway_rate_limit_backend_errors_total` up to them at scrape time; tests read them
+/// directly.
+#[derive(Debug)]
 pub struct RateLimitStats {
-    /// `[source][allowed as usize]`
-    decisions: [[AtomicU64; 2]; 3],
+    backend: BackendKind,
+    /// Indexed by [`Verdict`].
+    decisions: [AtomicU64; 4],
     backend_errors: AtomicU64,
 }
 
 impl RateLimitStats {
-    /// Decisions taken by `source` with this outcome.
-    pub fn decisions(&self, source: Source, allowed: bool) -> u64 {
-        self.decisions[source as usize][usize::from(allowed)].load(Ordering::Relaxed)
+    fn new(backend: BackendKind) -> Self {
+        Self {
+            backend,
+            decisions: Default::default(),
+            backend_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The configured backend: the `backend` label of every decision counted here.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Decisions with this verdict so far.
+    pub fn decisions(&self, verdict: Verdict) -> u64 {
+        self.decisions[verdict as usize].load(Ordering::Relaxed)
     }
 
     /// Redis calls that failed or missed their time budget; each was answered by
@@ -198,18 +233,15 @@ impl RateLimitStats {
         self.backend_errors.load(Ordering::Relaxed)
     }
 
-    /// Every `(backend, decision, count)`, labels as in `gateway_rate_limit_decisions_total`.
+    /// Every `(backend, decision, count)`, labelled as in `gateway_rate_limit_decisions_total`.
     pub fn each_decision(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
-        for source in Source::ALL {
-            for allowed in [true, false] {
-                let decision = if allowed { "allowed" } else { "limited" };
-                f(source.label(), decision, self.decisions(source, allowed));
-            }
+        for v in Verdict::ALL {
+            f(self.backend.label(), v.label(), self.decisions(v));
         }
     }
 
     fn count(&self, d: &Decision) {
-        self.decisions[d.source as usize][usize::from(d.allowed)].fetch_add(1, Ordering::Relaxed);
+        self.decisions[d.verdict() as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -242,7 +274,11 @@ impl RateLimiter {
             local: LocalLimiter::new(cfg.session, cfg.per_ip, cfg.sketch, Instant::now()),
             redis,
             on_error: cfg.on_backend_error,
-            stats: Arc::default(),
+            stats: Arc::new(RateLimitStats::new(if cfg.redis.is_some() {
+                BackendKind::Redis
+            } else {
+                BackendKind::Local
+            })),
             degraded: AtomicBool::new(false),
         })
     }
@@ -347,6 +383,37 @@ mod tests {
             elapsed_ms,
             window_ms: 60_000,
         }
+    }
+
+    #[test]
+    fn stats_count_decisions_under_the_metric_labels() {
+        let cfg = RateLimitFile {
+            requests: 1,
+            ..RateLimitFile::default()
+        }
+        .resolve(None)
+        .unwrap()
+        .unwrap();
+        let limiter = RateLimiter::new(&cfg).unwrap();
+        let key = Key {
+            device: "d",
+            ip: None,
+        };
+        assert!(limiter.decide_local(key).allowed);
+        assert!(!limiter.decide_local(key).allowed);
+        let mut seen = Vec::new();
+        limiter
+            .stats()
+            .each_decision(|b, d, n| seen.push(format!("{b}/{d}={n}")));
+        assert_eq!(
+            seen,
+            [
+                "local/allowed=1",
+                "local/limited=1",
+                "local/fallback_allowed=0",
+                "local/fallback_denied=0"
+            ]
+        );
     }
 
     #[test]
