@@ -86,7 +86,7 @@ fn run(slots: usize) {
         sketch_slots: slots,
         ..RateLimitFile::default()
     };
-    let config = file.resolve(None).unwrap().unwrap();
+    let config = file.resolve().unwrap().unwrap();
     let limiter = RateLimiter::new(&config).unwrap();
     let rss_before = rss_kib();
     let mut light = Group::new("light", LIGHT, LIGHT_REQUESTS);

@@ -27,7 +27,7 @@ fn limiter(requests: u32) -> Arc<RateLimiter> {
         requests,
         ..RateLimitFile::default()
     };
-    let config = file.resolve(None).unwrap().unwrap();
+    let config = file.resolve().unwrap().unwrap();
     Arc::new(RateLimiter::new(&config).unwrap())
 }
 

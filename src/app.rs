@@ -31,12 +31,14 @@ impl Gateway {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
         let shared = Shared::new(config)?;
+        let health = Arc::new(Health::default());
+        let metrics = Some(shared.metrics.render(health.clone(), shared.cache.clone()));
         Ok(Self {
             shared,
             listener,
             admin,
-            health: Arc::new(Health::default()),
-            metrics: None,
+            health,
+            metrics,
         })
     }
 
@@ -51,6 +53,11 @@ impl Gateway {
     /// The rate limiter's counters (fallbacks included), if rate limiting is enabled.
     pub fn rate_limit_stats(&self) -> Option<Arc<crate::ratelimit::RateLimitStats>> {
         self.shared.rate_limit.as_ref().map(|l| l.stats())
+    }
+
+    /// The lookup cache, for its stats.
+    pub fn cache(&self) -> Arc<crate::cache::LookupCache> {
+        self.shared.cache.clone()
     }
 
     pub fn health(&self) -> Arc<Health> {

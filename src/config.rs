@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub network: NetworkFile,
     pub limits: LimitsFile,
     pub log: LogFile,
+    pub cache: crate::cache::settings::CacheFile,
     pub rate_limit: crate::ratelimit::RateLimitFile,
 }
 
@@ -228,6 +229,7 @@ pub struct Config {
     pub secure: bool,
     pub max_body_bytes: usize,
     pub log: LogFile,
+    pub cache: crate::cache::settings::CacheConfig,
     /// `None` when rate limiting is disabled.
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
 }
@@ -289,6 +291,12 @@ impl FileConfig {
 
     /// Applies environment overrides, then validates into a runtime [`Config`].
     pub fn resolve(mut self, env: &Env) -> Result<Config, ConfigError> {
+        self.apply_env(env);
+        self.validate()
+    }
+
+    /// Environment variables win over the file.
+    pub fn apply_env(&mut self, env: &Env) {
         if let Some(v) = &env.listen {
             self.server.listen = v.clone();
         }
@@ -304,6 +312,13 @@ impl FileConfig {
         if let Some(v) = &env.api_key_file {
             self.api_key.file = Some(PathBuf::from(v));
         }
+        if let Some(v) = &env.redis_url {
+            self.rate_limit.redis.url = Some(Secret(v.clone()));
+        }
+    }
+
+    /// Validates into typed values; the error names the offending key.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
         let s = &self.server;
         let u = &self.upstream;
         let addr = |key, v: &str| {
@@ -364,7 +379,8 @@ impl FileConfig {
             max_body_bytes: positive("limits.max_body_bytes", self.limits.max_body_bytes as u64)?
                 as usize,
             log: self.log.clone(),
-            rate_limit: self.rate_limit.resolve(env.redis_url.as_deref())?,
+            cache: self.cache.resolve()?,
+            rate_limit: self.rate_limit.resolve()?,
         })
     }
 

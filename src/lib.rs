@@ -6,9 +6,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
@@ -16,5 +18,6 @@ pub mod session;
 pub mod sim;
 pub mod stack;
 pub mod upstream;
+pub mod wire;
 
 pub use error::{ApiError, BoxError, GatewayError};

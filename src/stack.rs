@@ -4,6 +4,7 @@
 //!   rescue first) so that it sees the final status of every request, rescued errors included,
 //!   and stamps `x-request-id` on error responses too.
 //! - **rescue**: every `Err` and panic becomes an envelope response; hyper never sees an `Err`.
+//!   It sees every infrastructure error, so it is where upstream errors are counted by kind.
 //! - **load shed + concurrency limit**: above `max_concurrency` in flight, answer 503 at once
 //!   rather than queue; sits above the timeout so shed requests cost nothing.
 //! - **timeout**: the whole-request budget (body read + upstream), 504 in the envelope.
@@ -11,12 +12,16 @@
 //!
 //! Then one policy chain per kind of route:
 //!
-//! - session: body limit (415/413) → validate (400/422) → rate limit (429) → key injection →
-//!   forward hygiene → upstream. Validation precedes everything that costs or counts, so nothing
-//!   invalid reaches the limiter or the upstream, and the limiter keys on the validated
-//!   `deviceId` (one budget across v3, v4 and v5). The limiter precedes key injection so a
-//!   refused request is never forwarded; it is absent when `rate_limit.enabled = false`.
-//! - lookup and pass-through: body limit → key strip → forward hygiene → upstream.
+//! - session: body limit (415/413) → validate (400/422) → rate limit (429) → session observer →
+//!   key injection → forward hygiene → upstream. Validation precedes everything that costs or
+//!   counts, so nothing invalid reaches the limiter or the upstream; its rejections are counted
+//!   per field. The limiter keys on the validated `deviceId` (one budget across v3, v4 and v5)
+//!   and answers a refusal before any cache bookkeeping or key injection, so a refused request
+//!   is never forwarded; it is absent when `rate_limit.enabled = false`. The observer needs the
+//!   validated facts (deviceId retires older tokens) and reads the answer on its way back.
+//! - lookup and pass-through: body limit → key strip → lookup cache → forward hygiene →
+//!   upstream. The cache answers only after the client-key policy has run, so a hit never
+//!   skips a rejection, and it sits right above forwarding so a hit costs no header rewriting.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,15 +32,19 @@ use http_body_util::Full;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
+use crate::cache::LookupCache;
 use crate::config::Config;
 use crate::error::{Body, BoxError};
 use crate::layers::api_key::{ApiKey, ApiKeyLayer};
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
+use crate::layers::lookup_cache::LookupCacheLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::rescue::RescueLayer;
+use crate::layers::session_observer::SessionObserverLayer;
 use crate::layers::trace::{Observer, TraceLayer};
 use crate::layers::validate::ValidateLayer;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes::Router;
 use crate::session::Rules;
@@ -45,7 +54,10 @@ use crate::session::Rules;
 pub struct Shared {
     pub config: Arc<Config>,
     pub api_key: Arc<ApiKey>,
+    pub metrics: Arc<Metrics>,
+    /// Sees every request start and finish; the metrics, unless a bench swaps it out.
     pub observer: Arc<dyn Observer>,
+    pub cache: Arc<LookupCache>,
     /// `None` when rate limiting is disabled.
     pub rate_limit: Option<Arc<RateLimiter>>,
 }
@@ -53,14 +65,17 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Result<Self, String> {
         let api_key = Arc::new(ApiKey::load(&config.api_key)?);
+        let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
         let rate_limit = match &config.rate_limit {
             Some(rl) => Some(Arc::new(RateLimiter::new(rl)?)),
             None => None,
         };
         Ok(Self {
+            cache: Arc::new(LookupCache::new(&config.cache)),
             config: Arc::new(config),
             api_key,
-            observer: Arc::new(()),
+            observer: metrics.clone(),
+            metrics,
             rate_limit,
         })
     }
@@ -90,8 +105,14 @@ where
 
     let session = ServiceBuilder::new()
         .layer(BodyLayer::new(cfg.max_body_bytes, true))
-        .layer(ValidateLayer::new(Rules { secure: cfg.secure }))
+        .layer(
+            ValidateLayer::new(Rules { secure: cfg.secure }).on_reject(shared.metrics.on_reject()),
+        )
         .option_layer(shared.rate_limit.clone().map(RateLimitLayer::new))
+        .layer(SessionObserverLayer::new(
+            shared.cache.clone(),
+            shared.api_key.clone(),
+        ))
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,
@@ -107,6 +128,7 @@ where
             cfg.client_key,
             false,
         ))
+        .layer(LookupCacheLayer::new(shared.cache.clone()))
         .layer(forward)
         .service(upstream);
 
@@ -117,7 +139,7 @@ where
 
     ServiceBuilder::new()
         .layer(TraceLayer::new(shared.observer.clone()))
-        .layer(RescueLayer::new())
+        .layer(RescueLayer::new().on_error(shared.metrics.on_error()))
         .load_shed()
         .concurrency_limit(cfg.max_concurrency)
         .timeout(cfg.request_timeout)

@@ -1,12 +1,13 @@
 //! The upstream client: one pooled hyper-util client (keep-alive, optional HTTP/2, https via
 //! rustls) as a tower `Service`. It reads the whole response, bounded, inside the upstream time
 //! budget, so a slow body cannot hold a request past the timeout and later layers (the lookup
-//! cache) see complete bytes. Failures become [`GatewayError`]s with a bounded kind.
+//! cache) see complete bytes. Failures become [`GatewayError`]s with a bounded kind. The time
+//! the exchange took goes into the response's [`Outcome`] for the access log and metrics.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -19,6 +20,7 @@ use tower::Service;
 
 use crate::config;
 use crate::error::{Body, BoxError, GatewayError};
+use crate::layers::trace::Outcome;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -89,6 +91,7 @@ impl Service<Request<Full<Bytes>>> for Upstream {
         let limit = self.max_response_bytes;
         let timeout = self.timeout;
         Box::pin(async move {
+            let start = Instant::now();
             let exchange = async move {
                 let res = client.request(req).await.map_err(classify)?;
                 let (parts, body) = res.into_parts();
@@ -102,7 +105,10 @@ impl Service<Request<Full<Bytes>>> for Upstream {
                 Ok(Response::from_parts(parts, Full::new(bytes)))
             };
             match tokio::time::timeout(timeout, exchange).await {
-                Ok(Ok(res)) => Ok(res),
+                Ok(Ok(mut res)) => {
+                    Outcome::of(&mut res).upstream_secs = Some(start.elapsed().as_secs_f64());
+                    Ok(res)
+                }
                 Ok(Err(e)) => Err(e.into()),
                 Err(_) => Err(GatewayError::UpstreamTimeout.into()),
             }

@@ -210,16 +210,7 @@ fn stamp(res: &mut Response<Body>, state: &State, decision: &Decision) {
     let headers = res.headers_mut();
     headers.insert(RATELIMIT_POLICY.clone(), state.policy.clone());
     headers.insert(RATELIMIT.clone(), ratelimit_value(decision));
-    let label = decision.verdict().label();
-    match res.extensions_mut().get_mut::<Outcome>() {
-        Some(outcome) => outcome.rate_limit = Some(label),
-        None => {
-            res.extensions_mut().insert(Outcome {
-                rate_limit: Some(label),
-                ..Outcome::default()
-            });
-        }
-    }
+    Outcome::of(res).rate_limit = Some(decision.verdict().label());
 }
 
 /// `"session";r=<remaining>;t=<seconds>`, plus the `"ip"` item when it was consulted.
@@ -327,7 +318,7 @@ mod tests {
             requests: 1,
             ..Default::default()
         }
-        .resolve(None)
+        .resolve()
         .unwrap()
         .unwrap();
         let limiter = Arc::new(RateLimiter::new(&config).unwrap());

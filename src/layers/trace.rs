@@ -39,6 +39,14 @@ pub struct Outcome {
     pub cache: Option<&'static str>,
 }
 
+impl Outcome {
+    /// The response's outcome, inserted if absent, so that each layer fills in its own field
+    /// without erasing what another layer recorded.
+    pub fn of<B>(res: &mut Response<B>) -> &mut Outcome {
+        res.extensions_mut().get_or_insert_default::<Outcome>()
+    }
+}
+
 /// What one finished request reports to observers (metrics).
 #[derive(Debug, Clone, Copy)]
 pub struct Finished<'a> {
@@ -49,10 +57,13 @@ pub struct Finished<'a> {
     pub outcome: Outcome,
 }
 
-/// Observes requests as they start and finish (the metrics layer hooks in here).
+/// Observes requests as they start and finish (the metrics layer hooks in here). Every
+/// `started` is followed by exactly one `finished` or `cancelled`.
 pub trait Observer: Send + Sync + 'static {
     fn started(&self) {}
     fn finished(&self, _f: &Finished<'_>) {}
+    /// The request was dropped before it had a response (the client went away).
+    fn cancelled(&self) {}
 }
 
 impl Observer for () {}
@@ -110,7 +121,22 @@ pin_project! {
         method: Method,
         route: &'static str,
         observer: Arc<dyn Observer>,
+        finished: bool,
     }
+
+    impl<F> PinnedDrop for TraceFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.finished {
+                this.observer.cancelled();
+            }
+        }
+    }
+}
+
+/// The id as a log field: ids are visible ASCII (checked or minted), so this is never empty.
+fn id_field(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
 
 impl<F> Future for TraceFuture<F>
@@ -129,19 +155,22 @@ where
             .copied()
             .unwrap_or_default();
         let status = res.status().as_u16();
+        // Every field is always present (`none` when no decision was made) so that the JSON
+        // lines share one shape; `upstream_ms` only when the upstream answered.
         tracing::info!(
             target: "access",
             parent: None,
-            request_id = ?this.id,
+            request_id = id_field(this.id),
             method = %this.method,
             route = *this.route,
             status,
             duration_ms = secs * 1e3,
             upstream_ms = outcome.upstream_secs.map(|s| s * 1e3),
-            rate_limit = outcome.rate_limit,
-            cache = outcome.cache,
+            rate_limit = outcome.rate_limit.unwrap_or("none"),
+            cache = outcome.cache.unwrap_or("none"),
             "request"
         );
+        *this.finished = true;
         this.observer.finished(&Finished {
             route: this.route,
             method: this.method,
@@ -182,7 +211,7 @@ where
             Route::recognize(req.method(), req.uri().path()).map_or(UNMATCHED, Route::label);
         let method = req.method().clone();
         req.extensions_mut().insert(RequestId(id.clone()));
-        let span = tracing::info_span!("request", request_id = ?id, route);
+        let span = tracing::info_span!("request", request_id = id_field(&id), route);
         let inner = span.in_scope(|| self.inner.call(req)).instrument(span);
         TraceFuture {
             inner,
@@ -191,6 +220,7 @@ where
             method,
             route,
             observer: self.observer.clone(),
+            finished: false,
         }
     }
 }

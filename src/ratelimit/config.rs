@@ -209,8 +209,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl RateLimitFile {
-    /// `None` when rate limiting is disabled. `env_url` is `GATEWAY_REDIS_URL`, which wins.
-    pub fn resolve(&self, env_url: Option<&str>) -> Result<Option<RateLimitConfig>, ConfigError> {
+    /// `None` when rate limiting is disabled.
+    pub fn resolve(&self) -> Result<Option<RateLimitConfig>, ConfigError> {
         if !self.enabled {
             return Ok(None);
         }
@@ -241,9 +241,11 @@ impl RateLimitFile {
         let redis = match self.backend {
             BackendKind::Local => None,
             BackendKind::Redis => {
-                let url = env_url
-                    .map(str::to_owned)
-                    .or_else(|| self.redis.url.as_ref().map(|s| s.0.clone()))
+                let url = self
+                    .redis
+                    .url
+                    .as_ref()
+                    .map(|s| s.0.clone())
                     .filter(|u| !u.trim().is_empty())
                     .ok_or_else(|| {
                         invalid(
@@ -293,7 +295,7 @@ mod tests {
 
     #[test]
     fn defaults_are_ten_per_minute_local_without_per_ip() {
-        let c = RateLimitFile::default().resolve(None).unwrap().unwrap();
+        let c = RateLimitFile::default().resolve().unwrap().unwrap();
         assert_eq!(c.session.requests.get(), 10);
         assert_eq!(c.session.window, Duration::from_secs(60));
         assert!(c.redis.is_none());
@@ -327,7 +329,7 @@ mod tests {
             enabled: false,
             ..RateLimitFile::default()
         };
-        assert!(f.resolve(None).unwrap().is_none());
+        assert!(f.resolve().unwrap().is_none());
     }
 
     #[test]
@@ -349,34 +351,35 @@ mod tests {
         for (edit, key) in cases {
             let mut f = RateLimitFile::default();
             edit(&mut f);
-            let err = f.resolve(None).unwrap_err().to_string();
+            let err = f.resolve().unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
     }
 
     #[test]
     fn env_url_wins_and_the_url_is_never_shown() {
-        let mut f = RateLimitFile {
-            backend: BackendKind::Redis,
-            ..RateLimitFile::default()
-        };
-        f.redis.url = Some(Secret("redis://:file-pass@10.0.0.1:6379".into()));
-        let c = f
-            .resolve(Some("redis://:env-pass@127.0.0.1:6380/2"))
-            .unwrap()
-            .unwrap();
+        use crate::config::{Env, FileConfig};
+        let mut f = FileConfig::default();
+        f.rate_limit.backend = BackendKind::Redis;
+        f.rate_limit.redis.url = Some(Secret("redis://:file-pass@10.0.0.1:6379".into()));
+        f.apply_env(&Env {
+            api_key: Some("k".into()),
+            redis_url: Some("redis://:env-pass@127.0.0.1:6380/2".into()),
+            ..Env::default()
+        });
+        assert!(!f.to_masked_toml().contains("pass"));
+        let c = f.validate().unwrap().rate_limit.unwrap();
         let r = c.redis.as_ref().unwrap();
         assert_eq!(r.url, "redis://:env-pass@127.0.0.1:6380/2");
         assert_eq!(r.timeout, Duration::from_millis(5));
         let shown = format!("{c:?}");
         assert!(!shown.contains("pass"), "{shown}");
-        let err = RateLimitFile {
+        let mut f = RateLimitFile {
             backend: BackendKind::Redis,
             ..RateLimitFile::default()
-        }
-        .resolve(Some("http://:secret@x"))
-        .unwrap_err()
-        .to_string();
+        };
+        f.redis.url = Some(Secret("http://:secret@x".into()));
+        let err = f.resolve().unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
     }
 }

@@ -391,7 +391,7 @@ mod tests {
             requests: 1,
             ..RateLimitFile::default()
         }
-        .resolve(None)
+        .resolve()
         .unwrap()
         .unwrap();
         let limiter = RateLimiter::new(&cfg).unwrap();

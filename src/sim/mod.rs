@@ -17,7 +17,8 @@
 //! | `GET /api/v3/files/{fileId}` | bearer | the bare File object |
 //!
 //! Anything else is 404 in the upstream's envelope. A new session for a `deviceId` retires that
-//! device's older access token, as the upstream does; tokens expire after 30 days.
+//! device's older access token, as the upstream does; tokens expire after 30 days
+//! ([`Simulator::set_token_lifetime`] changes that for tests).
 //!
 //! # Control API (never recorded, never delayed, never failed)
 //!
@@ -257,6 +258,14 @@ impl Simulator {
     /// upstream-side logout of everyone.
     pub fn revoke_all_tokens(&self) {
         lock(&self.world).revoke_all();
+    }
+
+    /// Lifetime of the access tokens issued from now on (default 30 days, as the upstream's);
+    /// tests shorten it to see tokens expire. Capped at ten years so expiry dates stay valid.
+    pub fn set_token_lifetime(&self, d: Duration) {
+        let cap = time::Duration::days(3650);
+        let lifetime = time::Duration::try_from(d).map_or(cap, |l| l.min(cap));
+        lock(&self.world).set_token_lifetime(lifetime);
     }
 
     pub fn set_latency(&self, d: Duration) {

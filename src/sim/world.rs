@@ -61,6 +61,8 @@ pub(crate) struct World {
     /// deviceId → its current access token: a new session for the device retires the old one.
     devices: HashMap<String, String>,
     last_purge: OffsetDateTime,
+    /// Lifetime of tokens issued from now on; [`TOKEN_LIFETIME`] unless a test shortens it.
+    token_lifetime: time::Duration,
 }
 
 impl World {
@@ -73,11 +75,17 @@ impl World {
             tokens: HashMap::new(),
             devices: HashMap::new(),
             last_purge: now_ms(),
+            token_lifetime: TOKEN_LIFETIME,
         }
     }
 
     pub(crate) fn last_purge(&self) -> OffsetDateTime {
         self.last_purge
+    }
+
+    /// Sets the lifetime of tokens issued from now on (tests of token expiry).
+    pub(crate) fn set_token_lifetime(&mut self, lifetime: time::Duration) {
+        self.token_lifetime = lifetime;
     }
 
     /// Moves `lastCachePurge` to now, and always strictly forward (by at least 1 ms, the
@@ -98,8 +106,8 @@ impl World {
         let now = now_ms();
         let user = self.upsert_user(input, now);
 
-        let access_token = jwt_like_token(now);
-        let expires_at = now + TOKEN_LIFETIME;
+        let access_token = jwt_like_token(now, self.token_lifetime);
+        let expires_at = now + self.token_lifetime;
         if let Some(old) = self
             .devices
             .insert(input.device_id.to_owned(), access_token.clone())
@@ -302,10 +310,10 @@ fn random_hex() -> String {
 
 /// A fresh access token that looks like the upstream's JWTs (`header.payload.signature`); the
 /// signature is 32 random bytes, so every token is unique and unguessable.
-fn jwt_like_token(now: OffsetDateTime) -> String {
+fn jwt_like_token(now: OffsetDateTime, lifetime: time::Duration) -> String {
     let header = base64url(br#"{"alg":"HS256","typ":"JWT"}"#);
     let iat = now.unix_timestamp();
-    let exp = (now + TOKEN_LIFETIME).unix_timestamp();
+    let exp = (now + lifetime).unix_timestamp();
     let jti = hex(&rand::random::<[u8; 16]>());
     let payload = base64url(format!(r#"{{"jti":"{jti}","iat":{iat},"exp":{exp}}}"#).as_bytes());
     let signature = base64url(&rand::random::<[u8; 32]>());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amity_gateway::app::Gateway;
+use amity_gateway::cache::LookupCache;
 use amity_gateway::config::{FileConfig, Secret};
 use amity_gateway::ratelimit::RateLimitStats;
 use amity_gateway::server::Bound;
@@ -28,6 +29,7 @@ pub struct TestEnv {
     pub sim_handle: Option<SimHandle>,
     pub sim_addr: SocketAddr,
     pub gw: Bound,
+    pub cache: Arc<LookupCache>,
     /// The gateway's rate-limit counters (`None` when rate limiting is disabled).
     pub rate_limit: Option<Arc<RateLimitStats>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -67,6 +69,7 @@ impl TestEnv {
             .expect("valid test config");
         let gateway = Gateway::bind(config).await.expect("gateway binds");
         let gw = gateway.bound();
+        let cache = gateway.cache();
         let rate_limit = gateway.rate_limit_stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async {
@@ -77,6 +80,7 @@ impl TestEnv {
             sim_handle: Some(sim_handle),
             sim_addr,
             gw,
+            cache,
             rate_limit,
             stop: Some(stop),
             task: Some(task),

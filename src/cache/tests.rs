@@ -1,0 +1,243 @@
+//! The cache's decisions in-process: races with purges and sessions, TTL, odd dates.
+
+use super::*;
+use crate::cache::settings::CacheFile;
+use http::header::ACCEPT_ENCODING;
+use serde_json::json;
+
+const KEY: &str = "network-key";
+
+fn cache() -> LookupCache {
+    LookupCache::new(&CacheFile::default().resolve().unwrap())
+}
+
+fn answer(body: &str) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_owned())));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn bearer_headers(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    h
+}
+
+/// A session answer for `user` on `device` issuing `token`, reporting `purge`.
+fn log_in(c: &LookupCache, user: &str, device: &str, token: &str, purge: &str) {
+    let key = HeaderValue::from_static(KEY);
+    let p = c.session(Some(&key), user, device).unwrap();
+    let body = json!({
+        "accessToken": token, "expiresAt": "2999-01-01T00:00:00.000Z",
+        "users": [{"userId": user}], "lastCachePurge": purge,
+    });
+    c.finish_session(p, &answer(&body.to_string()));
+}
+
+fn decide(c: &LookupCache, path: &str, token: &str) -> Decision {
+    c.decide(Route::User, &path.parse().unwrap(), &bearer_headers(token))
+}
+
+fn user_answer(user: &str) -> String {
+    json!({"users": [{"userId": user, "displayName": "x"}], "files": []}).to_string()
+}
+
+/// Forwards `path` and feeds the simulated upstream answer back; returns `x-cache`.
+fn miss_and_fill(c: &LookupCache, path: &str, token: &str, user: &str) -> String {
+    let Decision::Forward(p) = decide(c, path, token) else {
+        panic!("expected a forward");
+    };
+    let mut res = answer(&user_answer(user));
+    c.finish(p, &mut res);
+    res.headers()[&X_CACHE].to_str().unwrap().to_owned()
+}
+
+fn is_hit(d: &Decision) -> bool {
+    matches!(d, Decision::Hit(_))
+}
+
+const EPOCH: &str = "2000-01-01T00:00:00.000Z";
+
+#[test]
+fn miss_fills_and_the_hit_carries_body_type_age_and_outcome() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    assert_eq!(miss_and_fill(&c, "/api/v3/users/u", "t", "u"), "MISS");
+    let Decision::Hit(res) = decide(&c, "/api/v3/users/u", "t") else {
+        panic!("expected a hit");
+    };
+    assert_eq!(res.headers()[&X_CACHE], "HIT");
+    assert_eq!(res.headers()[AGE], "0");
+    assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
+    assert_eq!(body_bytes(res.body()).unwrap(), user_answer("u").as_bytes());
+    assert_eq!(
+        res.extensions().get::<Outcome>().unwrap().cache,
+        Some("HIT")
+    );
+}
+
+#[test]
+fn the_miss_outcome_keeps_what_other_layers_noted() {
+    let c = cache();
+    let Decision::Forward(p) = decide(&c, "/api/v3/users/u", "t") else {
+        panic!("expected a forward");
+    };
+    let mut res = answer("{}");
+    res.extensions_mut().insert(Outcome {
+        upstream_secs: Some(0.5),
+        ..Outcome::default()
+    });
+    c.finish(p, &mut res);
+    let o = res.extensions().get::<Outcome>().unwrap();
+    assert_eq!((o.cache, o.upstream_secs), (Some("MISS"), Some(0.5)));
+}
+
+#[test]
+fn an_answer_whose_fetch_raced_a_purge_is_never_stored() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    let Decision::Forward(p) = decide(&c, "/api/v3/users/u", "t") else {
+        panic!("expected a forward");
+    };
+    // A purge is reported while the lookup is in flight.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let later = later
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    log_in(&c, "v", "d2", "t2", &later);
+    c.finish(p, &mut answer(&user_answer("u")));
+    assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
+    assert_eq!(c.stats().purges, 1);
+}
+
+#[test]
+fn an_answer_whose_fetch_raced_a_session_of_its_user_is_never_stored() {
+    let c = cache();
+    log_in(&c, "reader", "d", "t", EPOCH);
+    let Decision::Forward(p) = c.decide(
+        Route::UserList,
+        &"/api/v3/users/list?userIds=a&userIds=u".parse().unwrap(),
+        &bearer_headers("t"),
+    ) else {
+        panic!("expected a forward");
+    };
+    log_in(&c, "u", "d-u", "tu", EPOCH);
+    c.finish(p, &mut answer(&user_answer("u")));
+    let again = c.decide(
+        Route::UserList,
+        &"/api/v3/users/list?userIds=a&userIds=u".parse().unwrap(),
+        &bearer_headers("t"),
+    );
+    assert!(!is_hit(&again));
+}
+
+#[test]
+fn answers_older_than_the_ttl_are_gone() {
+    let c = cache();
+    let now = now_us();
+    let entry = |fetched_us| Entry {
+        content_type: None,
+        content_encoding: None,
+        body: Bytes::new(),
+        fetched_us,
+        users: Box::new([]),
+    };
+    assert!(c.fresh(&entry(now - c.ttl_us + 1), now));
+    assert!(!c.fresh(&entry(now - c.ttl_us), now));
+}
+
+#[test]
+fn odd_dates_are_counted_and_never_crash() {
+    let c = cache();
+    let key = HeaderValue::from_static(KEY);
+    let p = c.session(Some(&key), "u", "d").unwrap();
+    let body = json!({"accessToken": "t", "expiresAt": "soon", "lastCachePurge": "yesterday"});
+    c.finish_session(p, &answer(&body.to_string()));
+    assert_eq!(c.stats().unparseable_dates, 2);
+    assert_eq!(c.stats().purges, 0);
+    // The token was still issued through the gateway: trusted, for the short time.
+    assert!(c.tokens.valid(&TokenHash::of("t"), now_us()).is_some());
+    let p = c.session(Some(&key), "u", "d").unwrap();
+    c.finish_session(p, &answer(r#"{"lastCachePurge": 1700000000}"#));
+    assert_eq!(c.stats().unparseable_dates, 3);
+    let p = c.session(Some(&key), "u", "d").unwrap();
+    c.finish_session(p, &answer("not json"));
+    assert_eq!(c.stats().unparseable_dates, 3);
+}
+
+#[test]
+fn failed_sessions_teach_nothing() {
+    let c = cache();
+    let key = HeaderValue::from_static(KEY);
+    let p = c.session(Some(&key), "u", "d").unwrap();
+    let mut res = answer(r#"{"accessToken":"t","lastCachePurge":"2999-01-01T00:00:00Z"}"#);
+    *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    c.finish_session(p, &res);
+    assert!(c.tokens.valid(&TokenHash::of("t"), now_us()).is_none());
+    assert_eq!(c.watermark.get(), i64::MIN);
+}
+
+#[test]
+fn oversized_answers_are_served_but_not_kept() {
+    let f = CacheFile {
+        max_entry_bytes: 16,
+        ..CacheFile::default()
+    };
+    let c = LookupCache::new(&f.resolve().unwrap());
+    log_in(&c, "u", "d", "t", EPOCH);
+    miss_and_fill(&c, "/api/v3/users/u", "t", "u");
+    assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
+}
+
+/// Fills `path` with an answer compressed as `gzip`.
+fn fill_gzip(c: &LookupCache, path: &str, token: &str) {
+    let mut h = bearer_headers(token);
+    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+    let Decision::Forward(p) = c.decide(Route::User, &path.parse().unwrap(), &h) else {
+        panic!("expected a forward");
+    };
+    let mut res = answer("\u{1f}\u{8b}compressed");
+    res.headers_mut()
+        .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    c.finish(p, &mut res);
+}
+
+#[test]
+fn compressed_answers_are_served_only_to_clients_that_accept_them() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    fill_gzip(&c, "/api/v3/users/u", "t");
+    let mut h = bearer_headers("t");
+    h.insert(ACCEPT_ENCODING, HeaderValue::from_static("br, gzip"));
+    let Decision::Hit(res) = c.decide(Route::User, &"/api/v3/users/u".parse().unwrap(), &h) else {
+        panic!("expected a hit");
+    };
+    assert_eq!(res.headers()[CONTENT_ENCODING], "gzip");
+    // A client without gzip is forwarded; its plain answer then suits everyone.
+    assert_eq!(miss_and_fill(&c, "/api/v3/users/u", "t", "u"), "MISS");
+    assert!(is_hit(&decide(&c, "/api/v3/users/u", "t")));
+    let Decision::Hit(res) = c.decide(Route::User, &"/api/v3/users/u".parse().unwrap(), &h) else {
+        panic!("expected a hit");
+    };
+    assert!(res.headers().get(CONTENT_ENCODING).is_none());
+}
+
+#[test]
+fn answers_varying_on_other_headers_are_not_stored() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    let Decision::Forward(p) = decide(&c, "/api/v3/users/u", "t") else {
+        panic!("expected a forward");
+    };
+    let mut res = answer(&user_answer("u"));
+    res.headers_mut().insert(
+        http::header::VARY,
+        HeaderValue::from_static("accept-language"),
+    );
+    c.finish(p, &mut res);
+    assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
+}

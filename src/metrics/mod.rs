@@ -1,0 +1,438 @@
+//! Prometheus metrics: one registry, served on the admin listener at `/metrics`.
+//!
+//! | family | type | labels |
+//! | --- | --- | --- |
+//! | `gateway_http_requests_total` | counter | `route`, `method`, `status` |
+//! | `gateway_http_request_duration_seconds` | histogram | `route` |
+//! | `gateway_upstream_request_duration_seconds` | histogram | `route` |
+//! | `gateway_upstream_errors_total` | counter | `kind`: connect, timeout, protocol |
+//! | `gateway_validation_failures_total` | counter | `route`, `field` (see [`labels::FIELDS`]) |
+//! | `gateway_rate_limit_decisions_total` | counter | `backend`: local, redis; `decision`: allowed, limited, fallback_allowed, fallback_denied |
+//! | `gateway_rate_limit_backend_errors_total` | counter | |
+//! | `gateway_cache_requests_total` | counter | `cache`: user, user_list, file; `result`: hit, miss, bypass |
+//! | `gateway_cache_entries` | gauge | `cache` |
+//! | `gateway_cache_purges_total` | counter | |
+//! | `gateway_inflight_requests` | gauge | |
+//! | `gateway_draining` | gauge | 1 once shutdown has begun |
+//! | `gateway_build_info` | gauge (always 1) | `version` |
+//! | `process_*` | standard process metrics (CPU, memory, open fds, start time) | |
+//!
+//! Every label value comes from a closed set ([`labels`]) or the route table; requests that
+//! match no route share the `unmatched` route label and extension methods share `other`, so no
+//! client input (device id, user id, token, path) can create a series.
+//!
+//! Cost on the request path: the children are resolved once per slot ([`children`]), so
+//! observing a request is a few slot computations, atomic adds and two histogram observations,
+//! with no hashing, locking or allocation (`benches/metrics.rs` measures it).
+
+mod children;
+pub mod labels;
+
+use std::sync::Arc;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::cache::key::Kind;
+use crate::cache::stats::{CacheResult, CacheStats};
+use crate::cache::LookupCache;
+use crate::error::{ApiError, BoxError, GatewayError};
+use crate::layers::rescue::OnError;
+use crate::layers::trace::{Finished, Observer};
+use crate::layers::validate::OnReject;
+use crate::routes::Route;
+use crate::server::{Health, MetricsRender};
+use children::Children;
+use labels::*;
+
+pub use labels::{RateLimitBackend, RateLimitDecision, UpstreamErrorKind};
+
+/// Histogram buckets in seconds, for a mobile API: the gateway's own answers take well under a
+/// millisecond, a healthy upstream answers in tens to hundreds of milliseconds, and mobile
+/// clients give up after a few seconds; the top buckets reach the default upstream (10 s) and
+/// request (15 s) budgets so timeouts land in a bucket of their own.
+/// `cache` label of the one lookup store (answers of every lookup route share it).
+const LOOKUP_STORE: &str = "lookup";
+
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
+    15.0,
+];
+
+/// The gateway's metrics. Built once, shared behind an `Arc` by the stack (as its
+/// [`Observer`] and the validation/rescue hooks) and by the admin endpoint.
+pub struct Metrics {
+    registry: Registry,
+    families: Vec<String>,
+    requests: Children<IntCounterVec>,
+    duration: Children<HistogramVec>,
+    upstream_duration: Children<HistogramVec>,
+    upstream_errors: Vec<IntCounter>,
+    validation: Children<IntCounterVec>,
+    rate_limit: Vec<IntCounter>,
+    rate_limit_backend_errors: IntCounter,
+    cache_requests: Vec<IntCounter>,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
+    cache_purges: IntCounter,
+    inflight: IntGauge,
+    draining: IntGauge,
+}
+
+/// Registers collectors and remembers their family names.
+struct Register {
+    registry: Registry,
+    families: Vec<String>,
+}
+
+impl Register {
+    fn add<C: Collector + Clone + 'static>(&mut self, c: C) -> prometheus::Result<C> {
+        self.families
+            .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn latency(name: &str, help: &str) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        &["route"],
+    )
+}
+
+/// One child per value of a closed label set (or of two, in row-major order), created up front so
+/// that alerts and dashboards see zeros instead of missing series.
+fn eager<V: Copy, W: Copy>(
+    vec: &IntCounterVec,
+    rows: &[V],
+    cols: &[W],
+    label: impl Fn(V, W) -> Vec<&'static str>,
+) -> prometheus::Result<Vec<IntCounter>> {
+    let mut out = Vec::with_capacity(rows.len() * cols.len());
+    for r in rows {
+        for c in cols {
+            out.push(vec.get_metric_with_label_values(&label(*r, *c))?);
+        }
+    }
+    Ok(out)
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered. Fails only on a registration bug.
+    pub fn new() -> prometheus::Result<Self> {
+        let mut reg = Register {
+            registry: Registry::new(),
+            families: Vec::new(),
+        };
+        let requests = reg.add(counter_vec(
+            "gateway_http_requests_total",
+            "Requests answered, by route label, method and status.",
+            &["route", "method", "status"],
+        )?)?;
+        let duration = reg.add(latency(
+            "gateway_http_request_duration_seconds",
+            "Time from the request head to the response head, by route label.",
+        )?)?;
+        let upstream_duration = reg.add(latency(
+            "gateway_upstream_request_duration_seconds",
+            "Time the upstream took to answer (head and body), by route label; failed exchanges are counted in gateway_upstream_errors_total instead.",
+        )?)?;
+        let upstream_errors = reg.add(counter_vec(
+            "gateway_upstream_errors_total",
+            "Upstream exchanges that failed, by kind (connect, timeout, protocol).",
+            &["kind"],
+        )?)?;
+        let validation = reg.add(counter_vec(
+            "gateway_validation_failures_total",
+            "Rejected session bodies, by route label and field (body: not a readable JSON object).",
+            &["route", "field"],
+        )?)?;
+        let rate_limit = reg.add(counter_vec(
+            "gateway_rate_limit_decisions_total",
+            "Rate-limit decisions, by backend and decision.",
+            &["backend", "decision"],
+        )?)?;
+        let rate_limit_backend_errors = reg.add(IntCounter::new(
+            "gateway_rate_limit_backend_errors_total",
+            "Calls to the rate-limit backend that failed or exceeded their time budget.",
+        )?)?;
+        let cache_requests = reg.add(counter_vec(
+            "gateway_cache_requests_total",
+            "Lookup cache requests, by cache and result (hit, miss, bypass).",
+            &["cache", "result"],
+        )?)?;
+        let cache_entries = reg.add(IntGaugeVec::new(
+            Opts::new("gateway_cache_entries", "Answers held, by cache."),
+            &["cache"],
+        )?)?;
+        let cache_bytes = reg.add(IntGaugeVec::new(
+            Opts::new(
+                "gateway_cache_bytes",
+                "Bytes the held answers account for, by cache.",
+            ),
+            &["cache"],
+        )?)?;
+        let cache_purges = reg.add(IntCounter::new(
+            "gateway_cache_purges_total",
+            "Times a newer lastCachePurge dropped the cached entries.",
+        )?)?;
+        let inflight = reg.add(IntGauge::new(
+            "gateway_inflight_requests",
+            "Requests being handled.",
+        )?)?;
+        let draining = reg.add(IntGauge::new(
+            "gateway_draining",
+            "1 once shutdown has begun: the listener is closed and in-flight requests are finishing.",
+        )?)?;
+        let build_info = reg.add(IntGaugeVec::new(
+            Opts::new(
+                "gateway_build_info",
+                "Always 1; the labels describe the build.",
+            ),
+            &["version"],
+        )?)?;
+        build_info
+            .get_metric_with_label_values(&[env!("CARGO_PKG_VERSION")])?
+            .set(1);
+        #[cfg(target_os = "linux")]
+        reg.add(ProcessMetrics(Arc::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )))?;
+
+        let upstream_errors = eager(&upstream_errors, UpstreamErrorKind::ALL, &[()], |k, ()| {
+            vec![k.label()]
+        })?;
+        let rate_limit = eager(
+            &rate_limit,
+            RateLimitBackend::ALL,
+            RateLimitDecision::ALL,
+            |b, d| vec![b.label(), d.label()],
+        )?;
+        let cache_requests = eager(&cache_requests, &Kind::ALL, &CacheResult::ALL, |c, r| {
+            vec![c.label(), r.label()]
+        })?;
+        let cache_entries = cache_entries.get_metric_with_label_values(&[LOOKUP_STORE])?;
+        let cache_bytes = cache_bytes.get_metric_with_label_values(&[LOOKUP_STORE])?;
+
+        Ok(Self {
+            registry: reg.registry,
+            families: reg.families,
+            requests: Children::new(requests, ROUTES * METHOD_SLOTS * STATUS_SLOTS),
+            duration: Children::new(duration, ROUTES),
+            upstream_duration: Children::new(upstream_duration, ROUTES),
+            upstream_errors,
+            validation: Children::new(validation, ROUTES * FIELD_SLOTS),
+            rate_limit,
+            rate_limit_backend_errors,
+            cache_requests,
+            cache_entries,
+            cache_bytes,
+            cache_purges,
+            inflight,
+            draining,
+        })
+    }
+
+    /// Names of every registered family (histograms without their `_bucket`/`_sum`/`_count`
+    /// suffixes), whether or not they have a series yet.
+    pub fn family_names(&self) -> &[String] {
+        &self.families
+    }
+
+    /// The registry in the Prometheus text format, and its content type.
+    pub fn encode(&self) -> (String, Vec<u8>) {
+        let encoder = TextEncoder::new();
+        let mut buf = Vec::with_capacity(16 * 1024);
+        match encoder.encode(&self.registry.gather(), &mut buf) {
+            Ok(()) => (encoder.format_type().to_owned(), buf),
+            Err(e) => (
+                "text/plain; charset=utf-8".to_owned(),
+                format!("# metrics could not be encoded: {e}\n").into_bytes(),
+            ),
+        }
+    }
+
+    /// The `/metrics` renderer. The draining gauge is read from `health` at each scrape, so it
+    /// can never disagree with `/readyz`.
+    pub fn render(self: &Arc<Self>, health: Arc<Health>, cache: Arc<LookupCache>) -> MetricsRender {
+        let m = self.clone();
+        Arc::new(move || {
+            m.draining.set(i64::from(!health.ready()));
+            cache.sync();
+            m.sync_cache(&cache.stats());
+            m.encode()
+        })
+    }
+
+    /// Hook for `ValidateLayer::on_reject`: counts each rejected field once per request.
+    pub fn on_reject(self: &Arc<Self>) -> OnReject {
+        let m = self.clone();
+        Arc::new(move |route, err| m.validation_failed(route, err))
+    }
+
+    /// Hook for `RescueLayer::on_error`: counts upstream failures by kind.
+    pub fn on_error(self: &Arc<Self>) -> OnError {
+        let m = self.clone();
+        Arc::new(move |err| m.rescued(err))
+    }
+
+    fn validation_failed(&self, route: Route, err: &ApiError) {
+        let route = route_slot(route);
+        let mut seen = 0u32;
+        let mut count = |field: usize| {
+            if seen & (1 << field) == 0 {
+                seen |= 1 << field;
+                let child = self.validation.get(route * FIELD_SLOTS + field, || {
+                    [route_label(route), FIELDS[field]]
+                });
+                if let Some(c) = child {
+                    c.inc();
+                }
+            }
+        };
+        match err {
+            ApiError::Invalid(violations) => {
+                for v in violations {
+                    count(field_slot(&v.pointer));
+                }
+            }
+            _ => count(BODY_SLOT),
+        }
+    }
+
+    fn rescued(&self, err: &BoxError) {
+        let kind = match err.downcast_ref::<GatewayError>() {
+            Some(
+                e @ (GatewayError::UpstreamConnect(_)
+                | GatewayError::UpstreamTimeout
+                | GatewayError::UpstreamProtocol(_)
+                | GatewayError::UpstreamTooLarge),
+            ) => UpstreamErrorKind::from_label(e.kind()),
+            _ => None,
+        };
+        if let Some(c) = kind.and_then(|k| self.upstream_errors.get(k.slot())) {
+            c.inc();
+        }
+    }
+
+    /// Records one rate-limit decision.
+    pub fn rate_limit_decision(&self, backend: RateLimitBackend, decision: RateLimitDecision) {
+        let slot = backend.slot() * RateLimitDecision::ALL.len() + decision.slot();
+        if let Some(c) = self.rate_limit.get(slot) {
+            c.inc();
+        }
+    }
+
+    /// Records one failed or over-budget call to the rate-limit backend.
+    pub fn rate_limit_backend_error(&self) {
+        self.rate_limit_backend_errors.inc();
+    }
+
+    /// Brings the cache families up to the cache's own counters. Called at scrape time, so the
+    /// request path counts each lookup once, in the cache, and nowhere else.
+    pub fn sync_cache(&self, stats: &CacheStats) {
+        let mut slot = 0;
+        for kind in Kind::ALL {
+            for result in CacheResult::ALL {
+                if let Some(c) = self.cache_requests.get(slot) {
+                    advance(c, stats.requests(kind, result));
+                }
+                slot += 1;
+            }
+        }
+        advance(&self.cache_purges, stats.purges);
+        self.cache_entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// Moves a counter forward to `total` (counters only go up; a lower total is ignored).
+fn advance(c: &IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+impl Observer for Metrics {
+    fn started(&self) {
+        self.inflight.inc();
+    }
+
+    fn finished(&self, f: &Finished<'_>) {
+        self.inflight.dec();
+        let route = route_label_slot(f.route);
+        let method = method_slot(f.method);
+        match status_slot(f.status) {
+            Some(status) => {
+                let slot = (route * METHOD_SLOTS + method) * STATUS_SLOTS + status;
+                let child = self.requests.get(slot, || {
+                    [
+                        route_label(route),
+                        method_label(method),
+                        status_label(status),
+                    ]
+                });
+                if let Some(c) = child {
+                    c.inc();
+                }
+            }
+            None => self.count_rare_status(route, method, f.status),
+        }
+        if let Some(h) = self.duration.get(route, || [route_label(route)]) {
+            h.observe(f.secs);
+        }
+        if let Some(secs) = f.outcome.upstream_secs {
+            if let Some(h) = self.upstream_duration.get(route, || [route_label(route)]) {
+                h.observe(secs);
+            }
+        }
+    }
+
+    fn cancelled(&self) {
+        self.inflight.dec();
+    }
+}
+
+impl Metrics {
+    /// A status without a slot (418, 507, …): still counted under its own code, through the
+    /// vec's child map. The code is a number below 1000, so the set stays bounded.
+    #[cold]
+    fn count_rare_status(&self, route: usize, method: usize, status: u16) {
+        let Ok(status) = http::StatusCode::from_u16(status) else {
+            return;
+        };
+        let labels = [route_label(route), method_label(method), status.as_str()];
+        if let Some(c) = self.requests.lookup(&labels) {
+            c.inc();
+        }
+    }
+}
+
+/// The process collector behind an `Arc`, so it can be registered and still be `Clone`.
+#[cfg(target_os = "linux")]
+#[derive(Clone)]
+struct ProcessMetrics(Arc<prometheus::process_collector::ProcessCollector>);
+
+#[cfg(target_os = "linux")]
+impl Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
