@@ -18,14 +18,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::{self, Either, Ready};
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
 use crate::layers::forward::{ClientAddr, X_FORWARDED_FOR};
+use crate::layers::lookup_cache::{OnResponse, OnResponseFuture};
 use crate::layers::trace::Outcome;
 use crate::ratelimit::{Decision, Key, RateLimiter, Standing};
 use crate::session::SessionFacts;
@@ -83,43 +85,22 @@ pub struct RateLimit<S> {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
-pin_project! {
-    #[project = Proj]
-    pub enum RateLimitFuture<F> {
-        /// Answered here: refused, or a wiring error.
-        Ready { out: Option<Result<Response<Body>, BoxError>> },
-        /// Admitted by the local backend: the inner call, whose response gets the headers.
-        Admitted { #[pin] inner: F, decision: Decision, state: Arc<State> },
-        /// The Redis backend: decision and inner call in one boxed future.
-        Remote { fut: BoxFuture },
+/// What an admitted request's response gets on its way out.
+pub struct Stamp {
+    decision: Decision,
+    state: Arc<State>,
+}
+
+impl OnResponse for Stamp {
+    fn on_response(self, res: &mut Response<Body>) {
+        stamp(res, &self.state, &self.decision);
     }
 }
 
-impl<F> Future for RateLimitFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, BoxError>>,
-{
-    type Output = Result<Response<Body>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Proj::Ready { out } => Poll::Ready(
-                out.take()
-                    .unwrap_or_else(|| Err("rate limit future polled after completion".into())),
-            ),
-            Proj::Admitted {
-                inner,
-                decision,
-                state,
-            } => {
-                let mut res = futures_util::ready!(inner.poll(cx))?;
-                stamp(&mut res, state, decision);
-                Poll::Ready(Ok(res))
-            }
-            Proj::Remote { fut } => fut.as_mut().poll(cx),
-        }
-    }
-}
+/// Answered here (refused, or a wiring error); admitted by the local backend (the inner call,
+/// whose response gets the fields); or the Redis backend's decision and inner call, boxed.
+pub type RateLimitFuture<F> =
+    Either<Ready<Result<Response<Body>, BoxError>>, Either<OnResponseFuture<F, Stamp>, BoxFuture>>;
 
 impl<S, B> Service<Request<B>> for RateLimit<S>
 where
@@ -138,11 +119,9 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(facts) = req.extensions().get::<SessionFacts>() else {
             // Mounted only behind validation, which always leaves the facts: a wiring bug.
-            return RateLimitFuture::Ready {
-                out: Some(Err(
-                    "rate limit reached without validated session facts".into()
-                )),
-            };
+            return Either::Left(future::ready(Err(
+                "rate limit reached without validated session facts".into(),
+            )));
         };
         let limiter = &self.state.limiter;
         let ip = match limiter.per_ip_quota() {
@@ -159,38 +138,41 @@ where
                 ip,
             });
             if !decision.allowed {
-                return RateLimitFuture::Ready {
-                    out: Some(Ok(refusal(req.headers(), &self.state, &decision))),
-                };
+                return Either::Left(future::ready(Ok(refusal(
+                    req.headers(),
+                    &self.state,
+                    &decision,
+                ))));
             }
-            return RateLimitFuture::Admitted {
-                inner: self.inner.call(req),
+            let stamp = Stamp {
                 decision,
                 state: self.state.clone(),
             };
+            return Either::Right(Either::Left(OnResponseFuture::new(
+                self.inner.call(req),
+                Some(stamp),
+            )));
         }
         let device = facts.device_id.clone();
         let state = self.state.clone();
         // Call the instance that was polled ready; leave a fresh clone in its place.
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
-        RateLimitFuture::Remote {
-            fut: Box::pin(async move {
-                let decision = state
-                    .limiter
-                    .decide(Key {
-                        device: &device,
-                        ip,
-                    })
-                    .await;
-                if !decision.allowed {
-                    return Ok(refusal(req.headers(), &state, &decision));
-                }
-                let mut res = inner.call(req).await?;
-                stamp(&mut res, &state, &decision);
-                Ok(res)
-            }),
-        }
+        Either::Right(Either::Right(Box::pin(async move {
+            let decision = state
+                .limiter
+                .decide(Key {
+                    device: &device,
+                    ip,
+                })
+                .await;
+            if !decision.allowed {
+                return Ok(refusal(req.headers(), &state, &decision));
+            }
+            let mut res = inner.call(req).await?;
+            stamp(&mut res, &state, &decision);
+            Ok(res)
+        })))
     }
 }
 
