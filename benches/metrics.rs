@@ -65,6 +65,10 @@ fn shared() -> Shared {
     let mut f = FileConfig::default();
     f.upstream.url = "http://127.0.0.1:9".into();
     f.api_key.value = Some(Secret("bench-key".into()));
+    // One deviceId throughout: give it a budget the bench cannot spend, so every request takes
+    // the rate limiter's admitted path (its cost included) rather than turning into 429s.
+    f.rate_limit.requests = amity_gateway::ratelimit::MAX_REQUESTS;
+    f.rate_limit.window_secs = 1;
     Shared::new(f.resolve(&Default::default()).expect("config")).expect("shared")
 }
 

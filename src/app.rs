@@ -40,7 +40,11 @@ impl Gateway {
             .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
         let shared = Shared::new(config)?;
         let health = Arc::new(Health::default());
-        let metrics = Some(shared.metrics.render(health.clone(), shared.cache.clone()));
+        let metrics = Some(shared.metrics.render(
+            health.clone(),
+            shared.cache.clone(),
+            shared.rate_limit.as_ref().map(|l| l.stats()),
+        ));
         Ok(Self {
             shared,
             listener,
@@ -57,6 +61,11 @@ impl Gateway {
             addr: addr(&self.listener),
             admin_addr: addr(&self.admin),
         }
+    }
+
+    /// The rate limiter's counters (fallbacks included), if rate limiting is enabled.
+    pub fn rate_limit_stats(&self) -> Option<Arc<crate::ratelimit::RateLimitStats>> {
+        self.shared.rate_limit.as_ref().map(|l| l.stats())
     }
 
     /// The lookup cache, for its stats.

@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub log: LogFile,
     pub cache: crate::cache::settings::CacheFile,
     pub tls: TlsFile,
+    pub rate_limit: crate::ratelimit::RateLimitFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -254,6 +255,8 @@ pub struct Config {
     pub cache: crate::cache::settings::CacheConfig,
     /// TLS on the client listener, or plain HTTP when `None`.
     pub tls: Option<Tls>,
+    /// `None` when rate limiting is disabled.
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -285,12 +288,14 @@ pub struct Env {
     pub api_key_file: Option<String>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
+    pub redis_url: Option<String>,
+    pub rate_limit_backend: Option<String>,
 }
 
 impl Env {
     /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM_URL`, `AMITY_API_KEY`,
-    /// `GATEWAY_API_KEY_FILE`, `GATEWAY_TLS_CERT_FILE`, `GATEWAY_TLS_KEY_FILE`; empty values
-    /// count as unset.
+    /// `GATEWAY_API_KEY_FILE`, `GATEWAY_TLS_CERT_FILE`, `GATEWAY_TLS_KEY_FILE`,
+    /// `GATEWAY_REDIS_URL`, `GATEWAY_RATE_LIMIT_BACKEND`; empty values count as unset.
     pub fn from_process() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Self {
@@ -301,6 +306,8 @@ impl Env {
             api_key_file: var("GATEWAY_API_KEY_FILE"),
             tls_cert_file: var("GATEWAY_TLS_CERT_FILE"),
             tls_key_file: var("GATEWAY_TLS_KEY_FILE"),
+            redis_url: var("GATEWAY_REDIS_URL"),
+            rate_limit_backend: var("GATEWAY_RATE_LIMIT_BACKEND"),
         }
     }
 }
@@ -323,12 +330,12 @@ impl FileConfig {
 
     /// Applies environment overrides, then validates into a runtime [`Config`].
     pub fn resolve(mut self, env: &Env) -> Result<Config, ConfigError> {
-        self.apply_env(env);
+        self.apply_env(env)?;
         self.validate()
     }
 
     /// Environment variables win over the file.
-    pub fn apply_env(&mut self, env: &Env) {
+    pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
         if let Some(v) = &env.listen {
             self.server.listen = v.clone();
         }
@@ -350,6 +357,22 @@ impl FileConfig {
         if let Some(v) = &env.tls_key_file {
             self.tls.key_file = Some(PathBuf::from(v));
         }
+        if let Some(v) = &env.redis_url {
+            self.rate_limit.redis.url = Some(Secret(v.clone()));
+        }
+        if let Some(v) = &env.rate_limit_backend {
+            self.rate_limit.backend = match v.as_str() {
+                "local" => crate::ratelimit::BackendKind::Local,
+                "redis" => crate::ratelimit::BackendKind::Redis,
+                other => {
+                    return Err(invalid(
+                        "GATEWAY_RATE_LIMIT_BACKEND",
+                        format!("{other:?}: must be local or redis"),
+                    ))
+                }
+            };
+        }
+        Ok(())
     }
 
     /// Validates into typed values; the error names the offending key.
@@ -419,6 +442,7 @@ impl FileConfig {
                 "tls.handshake_timeout_ms",
                 self.tls.handshake_timeout_ms,
             )?))?,
+            rate_limit: self.rate_limit.resolve()?,
         })
     }
 
@@ -529,6 +553,24 @@ mod tests {
         let c = FileConfig::default().resolve(&env).unwrap();
         assert_eq!(c.upstream.base.port_u16(), Some(1));
         assert_eq!(c.listen.port(), 5);
+    }
+
+    #[test]
+    fn rate_limit_backend_from_env() {
+        let mut f = FileConfig::default();
+        let env = Env {
+            rate_limit_backend: Some("redis".into()),
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            ..env_key()
+        };
+        f.apply_env(&env).unwrap();
+        assert_eq!(f.rate_limit.backend, crate::ratelimit::BackendKind::Redis);
+        let env = Env {
+            rate_limit_backend: Some("memcached".into()),
+            ..env_key()
+        };
+        let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_RATE_LIMIT_BACKEND"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod layers;
 pub mod metrics;
+pub mod ratelimit;
 pub mod reload;
 pub mod routes;
 pub mod server;

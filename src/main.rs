@@ -73,7 +73,8 @@ fn init_tracing(format: LogFormat, level: &str) {
 /// The file with environment overrides applied (what is in effect), and its validated form.
 fn load(path: &std::path::Path) -> Result<(FileConfig, amity_gateway::config::Config), String> {
     let mut file = FileConfig::load(path).map_err(|e| e.to_string())?;
-    file.apply_env(&Env::from_process());
+    file.apply_env(&Env::from_process())
+        .map_err(|e| e.to_string())?;
     let config = file.validate().map_err(|e| e.to_string())?;
     Ok((file, config))
 }

@@ -12,11 +12,13 @@
 //!
 //! Then one policy chain per kind of route:
 //!
-//! - session: body limit (415/413) → validate (400/422) → session observer → [rate limit] →
+//! - session: body limit (415/413) → validate (400/422) → rate limit (429) → session observer →
 //!   key injection → forward hygiene → upstream. Validation precedes everything that costs or
 //!   counts, so nothing invalid reaches the limiter or the upstream; its rejections are counted
-//!   per field. The observer needs the validated facts (deviceId retires older tokens) and reads
-//!   the answer on its way back.
+//!   per field. The limiter keys on the validated `deviceId` (one budget across v3, v4 and v5)
+//!   and answers a refusal before any cache bookkeeping or key injection, so a refused request
+//!   is never forwarded; it is absent when `rate_limit.enabled = false`. The observer needs the
+//!   validated facts (deviceId retires older tokens) and reads the answer on its way back.
 //! - lookup and pass-through: body limit → key strip → lookup cache → forward hygiene →
 //!   upstream. The cache answers only after the client-key policy has run, so a hit never
 //!   skips a rejection, and it sits right above forwarding so a hit costs no header rewriting.
@@ -37,11 +39,13 @@ use crate::layers::api_key::{ApiKey, ApiKeyLayer};
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
 use crate::layers::lookup_cache::LookupCacheLayer;
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::session_observer::SessionObserverLayer;
 use crate::layers::trace::{Observer, TraceLayer};
 use crate::layers::validate::ValidateLayer;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::routes::Router;
 use crate::session::Rules;
 
@@ -54,18 +58,25 @@ pub struct Shared {
     /// Sees every request start and finish; the metrics, unless a bench swaps it out.
     pub observer: Arc<dyn Observer>,
     pub cache: Arc<LookupCache>,
+    /// `None` when rate limiting is disabled.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Result<Self, String> {
         let api_key = Arc::new(ApiKey::load(&config.api_key)?);
         let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let rate_limit = match &config.rate_limit {
+            Some(rl) => Some(Arc::new(RateLimiter::new(rl)?)),
+            None => None,
+        };
         Ok(Self {
             cache: Arc::new(LookupCache::new(&config.cache)),
             config: Arc::new(config),
             api_key,
             observer: metrics.clone(),
             metrics,
+            rate_limit,
         })
     }
 }
@@ -97,6 +108,7 @@ where
         .layer(
             ValidateLayer::new(Rules { secure: cfg.secure }).on_reject(shared.metrics.on_reject()),
         )
+        .option_layer(shared.rate_limit.clone().map(RateLimitLayer::new))
         .layer(SessionObserverLayer::new(
             shared.cache.clone(),
             shared.api_key.clone(),

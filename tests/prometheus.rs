@@ -251,6 +251,19 @@ fn traffic() -> Vec<Block> {
             upstream_down: false,
         },
         Block {
+            what: "one device over its budget (10 per window)",
+            route: "session_v5",
+            method: Method::POST,
+            request: |_| {
+                (
+                    "/api/v5/sessions".into(),
+                    r#"{"userId":"flood-user","deviceId":"flood-device"}"#.into(),
+                )
+            },
+            expect: &[(200, 10), (429, 2)],
+            upstream_down: false,
+        },
+        Block {
             what: "upstream down",
             route: "session_v3",
             method: Method::POST,
@@ -373,6 +386,13 @@ async fn prometheus_scrapes_the_admin_port_and_reports_the_traffic_per_route_and
     assert_eq!(fields.len(), 1);
     assert_eq!(fields[0].0["field"], "userId");
     assert_eq!(fields[0].1, 3.0);
+    let limited = prom
+        .query(r#"gateway_rate_limit_decisions_total{backend="local",decision="limited"}"#)
+        .await;
+    assert_eq!(
+        limited[0].1, 2.0,
+        "rate-limit rejections by backend and decision"
+    );
 
     // A scrape taken after that traffic passes promtool's lint without a word.
     let text = scrape::scrape_text(env.gw.admin_addr).await;

@@ -5,6 +5,7 @@ pub mod api_key;
 pub mod body;
 pub mod forward;
 pub mod lookup_cache;
+pub mod rate_limit;
 pub mod rescue;
 pub mod session_observer;
 pub mod trace;

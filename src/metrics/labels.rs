@@ -33,30 +33,6 @@ macro_rules! label_set {
 }
 
 label_set! {
-    /// `backend` of `gateway_rate_limit_decisions_total`.
-    pub enum RateLimitBackend {
-        /// The embedded estimator.
-        Local => "local",
-        /// The shared Redis backend.
-        Redis => "redis",
-    }
-}
-
-label_set! {
-    /// `decision` of `gateway_rate_limit_decisions_total`.
-    pub enum RateLimitDecision {
-        /// Under budget; forwarded.
-        Allowed => "allowed",
-        /// Over budget; answered 429.
-        Limited => "limited",
-        /// The configured backend failed and the fallback allowed the request.
-        FallbackAllowed => "fallback_allowed",
-        /// The configured backend failed and the fallback refused the request.
-        FallbackDenied => "fallback_denied",
-    }
-}
-
-label_set! {
     /// `kind` of `gateway_upstream_errors_total`, from `GatewayError::kind`.
     pub enum UpstreamErrorKind {
         /// No connection could be made.
@@ -249,8 +225,8 @@ mod tests {
 
     #[test]
     fn label_sets_are_slot_ordered() {
-        for (i, d) in RateLimitDecision::ALL.iter().enumerate() {
-            assert_eq!(d.slot(), i);
+        for (i, k) in UpstreamErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.slot(), i);
         }
         assert_eq!(
             UpstreamErrorKind::from_label("timeout"),

@@ -43,12 +43,13 @@ use crate::error::{ApiError, BoxError, GatewayError};
 use crate::layers::rescue::OnError;
 use crate::layers::trace::{Finished, Observer};
 use crate::layers::validate::OnReject;
+use crate::ratelimit::{BackendKind, RateLimitStats, Verdict};
 use crate::routes::Route;
 use crate::server::{Health, MetricsRender};
 use children::Children;
 use labels::*;
 
-pub use labels::{RateLimitBackend, RateLimitDecision, UpstreamErrorKind};
+pub use labels::UpstreamErrorKind;
 
 /// Histogram buckets in seconds, for a mobile API: the gateway's own answers take well under a
 /// millisecond, a healthy upstream answers in tens to hundreds of milliseconds, and mobile
@@ -210,12 +211,9 @@ impl Metrics {
         let upstream_errors = eager(&upstream_errors, UpstreamErrorKind::ALL, &[()], |k, ()| {
             vec![k.label()]
         })?;
-        let rate_limit = eager(
-            &rate_limit,
-            RateLimitBackend::ALL,
-            RateLimitDecision::ALL,
-            |b, d| vec![b.label(), d.label()],
-        )?;
+        let rate_limit = eager(&rate_limit, &BackendKind::ALL, &Verdict::ALL, |b, d| {
+            vec![b.label(), d.label()]
+        })?;
         let cache_requests = eager(&cache_requests, &Kind::ALL, &CacheResult::ALL, |c, r| {
             vec![c.label(), r.label()]
         })?;
@@ -262,10 +260,18 @@ impl Metrics {
 
     /// The `/metrics` renderer. The draining gauge is read from `health` at each scrape, so it
     /// can never disagree with `/readyz`.
-    pub fn render(self: &Arc<Self>, health: Arc<Health>, cache: Arc<LookupCache>) -> MetricsRender {
+    pub fn render(
+        self: &Arc<Self>,
+        health: Arc<Health>,
+        cache: Arc<LookupCache>,
+        rate_limit: Option<Arc<RateLimitStats>>,
+    ) -> MetricsRender {
         let m = self.clone();
         Arc::new(move || {
             m.draining.set(i64::from(!health.ready()));
+            if let Some(stats) = &rate_limit {
+                m.sync_rate_limit(stats);
+            }
             cache.sync();
             m.sync_cache(&cache.stats());
             m.encode()
@@ -323,17 +329,21 @@ impl Metrics {
         }
     }
 
-    /// Records one rate-limit decision.
-    pub fn rate_limit_decision(&self, backend: RateLimitBackend, decision: RateLimitDecision) {
-        let slot = backend.slot() * RateLimitDecision::ALL.len() + decision.slot();
-        if let Some(c) = self.rate_limit.get(slot) {
-            c.inc();
+    /// Brings the rate-limit families up to the limiter's own counters (scrape time, like
+    /// [`Metrics::sync_cache`]). Decisions are counted under the configured backend.
+    pub fn sync_rate_limit(&self, stats: &RateLimitStats) {
+        let mut slot = 0;
+        for backend in BackendKind::ALL {
+            for verdict in Verdict::ALL {
+                if let Some(c) = self.rate_limit.get(slot) {
+                    if backend == stats.backend() {
+                        advance(c, stats.decisions(verdict));
+                    }
+                }
+                slot += 1;
+            }
         }
-    }
-
-    /// Records one failed or over-budget call to the rate-limit backend.
-    pub fn rate_limit_backend_error(&self) {
-        self.rate_limit_backend_errors.inc();
+        advance(&self.rate_limit_backend_errors, stats.backend_errors());
     }
 
     /// Brings the cache families up to the cache's own counters. Called at scrape time, so the

@@ -9,6 +9,7 @@ use std::time::Duration;
 use amity_gateway::app::Gateway;
 use amity_gateway::cache::LookupCache;
 use amity_gateway::config::{FileConfig, Secret};
+use amity_gateway::ratelimit::RateLimitStats;
 use amity_gateway::server::Bound;
 use amity_gateway::sim::{SimConfig, SimHandle, Simulator};
 use bytes::Bytes;
@@ -29,6 +30,8 @@ pub struct TestEnv {
     pub sim_addr: SocketAddr,
     pub gw: Bound,
     pub cache: Arc<LookupCache>,
+    /// The gateway's rate-limit counters (`None` when rate limiting is disabled).
+    pub rate_limit: Option<Arc<RateLimitStats>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -67,6 +70,7 @@ impl TestEnv {
         let gateway = Gateway::bind(config).await.expect("gateway binds");
         let gw = gateway.bound();
         let cache = gateway.cache();
+        let rate_limit = gateway.rate_limit_stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -77,6 +81,7 @@ impl TestEnv {
             sim_addr,
             gw,
             cache,
+            rate_limit,
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,164 @@
+//! A flood of 1,000,000 distinct deviceIds through the local limiter, with light devices
+//! interleaved: resident memory before, during and after, and how many light devices were
+//! wrongly refused. Run for the default sketch and one size either side.
+//!
+//! `cargo bench --bench limiter_flood`
+//!
+//! All requests fall in one 60 s window (the flood takes well under a second per size), the
+//! worst case for the sketch: every flood request is still counted when the light devices ask.
+
+use std::fmt::Write;
+use std::time::Instant;
+
+use amity_gateway::ratelimit::local::SlidingSketch;
+use amity_gateway::ratelimit::{Key, RateLimitFile, RateLimiter};
+
+const FLOOD: usize = 1_000_000;
+/// Light devices, each making `LIGHT_REQUESTS` of its 10: all must be admitted.
+const LIGHT: usize = 10_000;
+const LIGHT_REQUESTS: usize = 5;
+/// Devices making exactly their 10 requests: all must be admitted too (the tightest case).
+const AT_LIMIT: usize = 1_000;
+const AT_LIMIT_REQUESTS: usize = 10;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+struct Group {
+    name: &'static str,
+    devices: usize,
+    requests: usize,
+    refused: Vec<bool>,
+    /// Send one of this group's requests every `every` flood ids.
+    every: usize,
+    sent: usize,
+}
+
+impl Group {
+    fn new(name: &'static str, devices: usize, requests: usize) -> Self {
+        Self {
+            name,
+            devices,
+            requests,
+            refused: vec![false; devices],
+            every: FLOOD / (devices * requests),
+            sent: 0,
+        }
+    }
+
+    fn maybe_send(&mut self, i: usize, limiter: &RateLimiter, buf: &mut String) {
+        if i % self.every != self.every - 1 || self.sent >= self.devices * self.requests {
+            return;
+        }
+        let device = self.sent % self.devices;
+        self.sent += 1;
+        buf.clear();
+        let _ = write!(buf, "{}-{device:05}", self.name);
+        let d = limiter.decide_local(Key {
+            device: buf,
+            ip: None,
+        });
+        if !d.allowed {
+            self.refused[device] = true;
+        }
+    }
+
+    fn wrongly_refused(&self) -> usize {
+        self.refused.iter().filter(|r| **r).count()
+    }
+}
+
+fn run(slots: usize) {
+    let rss_start = rss_kib();
+    let file = RateLimitFile {
+        sketch_slots: slots,
+        ..RateLimitFile::default()
+    };
+    let config = file.resolve().unwrap().unwrap();
+    let limiter = RateLimiter::new(&config).unwrap();
+    let rss_before = rss_kib();
+    let mut light = Group::new("light", LIGHT, LIGHT_REQUESTS);
+    let mut at_limit = Group::new("at-limit", AT_LIMIT, AT_LIMIT_REQUESTS);
+    let mut buf = String::with_capacity(32);
+    let mut other = String::with_capacity(32);
+    let mut checkpoints = Vec::new();
+    let mut flood_refused = 0usize;
+    let start = Instant::now();
+    for i in 0..FLOOD {
+        buf.clear();
+        let _ = write!(buf, "flood-{i:08}");
+        if !limiter
+            .decide_local(Key {
+                device: &buf,
+                ip: None,
+            })
+            .allowed
+        {
+            flood_refused += 1;
+        }
+        light.maybe_send(i, &limiter, &mut other);
+        at_limit.maybe_send(i, &limiter, &mut other);
+        if (i + 1) % 250_000 == 0 {
+            checkpoints.push(format!("{}k: {:.1}", (i + 1) / 1000, mib(rss_kib())));
+        }
+    }
+    let elapsed = start.elapsed();
+    let rss_after = rss_kib();
+    let decisions = FLOOD + light.sent + at_limit.sent;
+    println!(
+        "sketch {} x {slots} ({:.0} MiB for both windows)",
+        config.sketch.hashes,
+        (2 * config.sketch.hashes * slots * 8) as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "  RSS MiB: process start {:.1}, limiter built {:.1}, after flood {:.1} (growth {:+.1}); during: {}",
+        mib(rss_start),
+        mib(rss_before),
+        mib(rss_after),
+        mib(rss_after) - mib(rss_before),
+        checkpoints.join(", ")
+    );
+    println!(
+        "  {decisions} decisions in {:.2} s ({:.0} ns each, id formatting included); flood ids refused: {flood_refused}",
+        elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / decisions as f64
+    );
+    // The first request of a window clears the sketch of the window before last.
+    let origin = tokio::time::Instant::now();
+    let sketch = SlidingSketch::new(config.session, config.sketch, origin);
+    sketch.acquire(&"warm", origin);
+    let t = Instant::now();
+    sketch.acquire(&"rotate", origin + 2 * config.session.window);
+    println!(
+        "  window rotation (clearing one sketch): {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for g in [&light, &at_limit] {
+        println!(
+            "  {} devices x {} requests (limit 10): {} wrongly refused ({:.2} %)",
+            g.devices,
+            g.requests,
+            g.wrongly_refused(),
+            100.0 * g.wrongly_refused() as f64 / g.devices as f64
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a name filter is not meaningful here.
+    for slots in [1 << 16, 1 << 18, 1 << 20] {
+        run(slots);
+    }
+}

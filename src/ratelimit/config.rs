@@ -1,0 +1,388 @@
+//! `[rate_limit]`: the file section (every field with its default) and the typed runtime form,
+//! checked once at start-up.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, Secret};
+
+/// Largest `requests` accepted: keeps the sliding-window arithmetic (`requests × window_ms`)
+/// exact in the Redis script, whose Lua numbers are doubles.
+pub const MAX_REQUESTS: u32 = 1_000_000;
+/// Longest window accepted, one day; for the same reason as [`MAX_REQUESTS`].
+pub const MAX_WINDOW_SECS: u32 = 86_400;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitFile {
+    /// Limit session registrations per deviceId at all. Default true.
+    pub enabled: bool,
+    /// Requests one deviceId may make per window. Default 10.
+    pub requests: u32,
+    /// Length of the sliding window, in whole seconds (at least 1). Default 60.
+    pub window_secs: u32,
+    /// `local` (default: an in-process sketch, per replica) or `redis` (one budget shared by
+    /// every replica using the same Redis).
+    pub backend: BackendKind,
+    /// What a decision does when Redis fails or is slower than `redis.timeout_ms`: `local`
+    /// (default: decide with this replica's own sketch), `allow` or `deny`.
+    pub on_backend_error: OnBackendError,
+    /// Rows of the count-min sketch (independent hashes). Default 4.
+    pub sketch_hashes: usize,
+    /// Counters per row of the count-min sketch. Default 262144 (2^18); with 4 rows the two
+    /// windows take 16 MiB. See `ratelimit::local` for the over-count bound.
+    pub sketch_slots: usize,
+    pub redis: RedisFile,
+    pub per_ip: PerIpFile,
+}
+
+impl Default for RateLimitFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            requests: 10,
+            window_secs: 60,
+            backend: BackendKind::Local,
+            on_backend_error: OnBackendError::Local,
+            sketch_hashes: 4,
+            sketch_slots: 1 << 18,
+            redis: RedisFile::default(),
+            per_ip: PerIpFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisFile {
+    /// `redis://[:password@]host:port[/db]` (or `rediss://`). Required when `backend = "redis"`.
+    /// Env `GATEWAY_REDIS_URL`. Default: none.
+    pub url: Option<Secret>,
+    /// Budget of one decision's round trip; past it `on_backend_error` decides. Default 5 ms.
+    pub timeout_ms: u64,
+    /// Prefix of every key the limiter writes. Default `amity-gateway:rl`.
+    pub key_prefix: String,
+}
+
+impl Default for RedisFile {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 5,
+            key_prefix: "amity-gateway:rl".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerIpFile {
+    /// Requests one client IP may make per window on the session routes; 0 (default) turns the
+    /// per-IP limit off.
+    pub requests: u32,
+    /// Window of the per-IP limit, in whole seconds. Default 60.
+    pub window_secs: u32,
+    /// Proxies in front of the gateway whose `x-forwarded-for` entries are trusted: 0 (default)
+    /// keys on the peer address; N keys on the N-th entry from the right.
+    pub trusted_hops: usize,
+}
+
+impl Default for PerIpFile {
+    fn default() -> Self {
+        Self {
+            requests: 0,
+            window_secs: 60,
+            trusted_hops: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Local,
+    Redis,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 2] = [BackendKind::Local, BackendKind::Redis];
+
+    /// The `backend` label of the decision metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendError {
+    /// Decide with this replica's own sketch (it counts every admitted request, also while
+    /// Redis is healthy, so it has history when it takes over).
+    #[default]
+    Local,
+    Allow,
+    Deny,
+}
+
+/// `requests` per `window`, both checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: NonZeroU32,
+    pub window: Duration,
+}
+
+impl Quota {
+    fn new(
+        key_requests: &'static str,
+        requests: u32,
+        key_window: &'static str,
+        window_secs: u32,
+    ) -> Result<Self, ConfigError> {
+        let requests = NonZeroU32::new(requests)
+            .filter(|r| r.get() <= MAX_REQUESTS)
+            .ok_or_else(|| invalid(key_requests, format!("must be 1 to {MAX_REQUESTS}")))?;
+        if !(1..=MAX_WINDOW_SECS).contains(&window_secs) {
+            return Err(invalid(
+                key_window,
+                format!("must be 1 to {MAX_WINDOW_SECS} seconds"),
+            ));
+        }
+        Ok(Self {
+            requests,
+            window: Duration::from_secs(u64::from(window_secs)),
+        })
+    }
+
+    pub fn window_secs(&self) -> u64 {
+        self.window.as_secs()
+    }
+}
+
+/// Size of a count-min sketch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SketchSize {
+    pub hashes: usize,
+    pub slots: usize,
+}
+
+/// Where the shared budget lives when `backend = "redis"`. `Debug` hides the URL (it may carry
+/// a password).
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"****")
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// The validated `[rate_limit]` section.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub session: Quota,
+    pub per_ip: Option<Quota>,
+    pub trusted_hops: usize,
+    pub sketch: SketchSize,
+    /// `Some` when `backend = "redis"`.
+    pub redis: Option<RedisConfig>,
+    pub on_backend_error: OnBackendError,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl RateLimitFile {
+    /// `None` when rate limiting is disabled.
+    pub fn resolve(&self) -> Result<Option<RateLimitConfig>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let session = Quota::new(
+            "rate_limit.requests",
+            self.requests,
+            "rate_limit.window_secs",
+            self.window_secs,
+        )?;
+        let per_ip = match self.per_ip.requests {
+            0 => None,
+            n => Some(Quota::new(
+                "rate_limit.per_ip.requests",
+                n,
+                "rate_limit.per_ip.window_secs",
+                self.per_ip.window_secs,
+            )?),
+        };
+        if !(1..=16).contains(&self.sketch_hashes) {
+            return Err(invalid("rate_limit.sketch_hashes", "must be 1 to 16"));
+        }
+        if !(1024..=1 << 26).contains(&self.sketch_slots) {
+            return Err(invalid(
+                "rate_limit.sketch_slots",
+                "must be 1024 to 67108864",
+            ));
+        }
+        let redis = match self.backend {
+            BackendKind::Local => None,
+            BackendKind::Redis => {
+                let url = self
+                    .redis
+                    .url
+                    .as_ref()
+                    .map(|s| s.0.clone())
+                    .filter(|u| !u.trim().is_empty())
+                    .ok_or_else(|| {
+                        invalid(
+                            "rate_limit.redis.url",
+                            "backend is redis but no URL is set: set GATEWAY_REDIS_URL or rate_limit.redis.url",
+                        )
+                    })?;
+                // Parsed now so a typo fails start-up; connecting happens later, in the
+                // background, so a Redis that is down does not.
+                // Only the error's kind is shown: its message may quote the URL and a password.
+                redis::Client::open(url.as_str()).map_err(|e| {
+                    invalid(
+                        "rate_limit.redis.url",
+                        format!("not a Redis URL ({:?})", e.kind()),
+                    )
+                })?;
+                if self.redis.timeout_ms == 0 {
+                    return Err(invalid(
+                        "rate_limit.redis.timeout_ms",
+                        "must be greater than 0",
+                    ));
+                }
+                Some(RedisConfig {
+                    url,
+                    timeout: Duration::from_millis(self.redis.timeout_ms),
+                    key_prefix: self.redis.key_prefix.clone(),
+                })
+            }
+        };
+        Ok(Some(RateLimitConfig {
+            session,
+            per_ip,
+            trusted_hops: self.per_ip.trusted_hops,
+            sketch: SketchSize {
+                hashes: self.sketch_hashes,
+                slots: self.sketch_slots,
+            },
+            redis,
+            on_backend_error: self.on_backend_error,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_ten_per_minute_local_without_per_ip() {
+        let c = RateLimitFile::default().resolve().unwrap().unwrap();
+        assert_eq!(c.session.requests.get(), 10);
+        assert_eq!(c.session.window, Duration::from_secs(60));
+        assert!(c.redis.is_none());
+        assert!(c.per_ip.is_none());
+        assert_eq!(c.on_backend_error, OnBackendError::Local);
+        assert_eq!(
+            c.sketch,
+            SketchSize {
+                hashes: 4,
+                slots: 262_144
+            }
+        );
+    }
+
+    #[test]
+    fn the_shipped_config_file_states_the_defaults() {
+        let f = crate::config::FileConfig::from_toml(
+            include_str!("../../config/gateway.toml"),
+            std::path::Path::new("gateway.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            toml::to_string(&f.rate_limit).unwrap(),
+            toml::to_string(&RateLimitFile::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn disabled_resolves_to_none() {
+        let f = RateLimitFile {
+            enabled: false,
+            ..RateLimitFile::default()
+        };
+        assert!(f.resolve().unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Edit = fn(&mut RateLimitFile);
+        let cases: [(Edit, &str); 5] = [
+            (|f| f.requests = 0, "rate_limit.requests"),
+            (|f| f.window_secs = 0, "rate_limit.window_secs"),
+            (
+                |f| {
+                    f.per_ip.requests = 5;
+                    f.per_ip.window_secs = 0
+                },
+                "rate_limit.per_ip.window_secs",
+            ),
+            (|f| f.sketch_slots = 10, "rate_limit.sketch_slots"),
+            (|f| f.backend = BackendKind::Redis, "rate_limit.redis.url"),
+        ];
+        for (edit, key) in cases {
+            let mut f = RateLimitFile::default();
+            edit(&mut f);
+            let err = f.resolve().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_url_wins_and_the_url_is_never_shown() {
+        use crate::config::{Env, FileConfig};
+        let mut f = FileConfig::default();
+        f.rate_limit.backend = BackendKind::Redis;
+        f.rate_limit.redis.url = Some(Secret("redis://:file-pass@10.0.0.1:6379".into()));
+        f.apply_env(&Env {
+            api_key: Some("k".into()),
+            redis_url: Some("redis://:env-pass@127.0.0.1:6380/2".into()),
+            ..Env::default()
+        })
+        .unwrap();
+        assert!(!f.to_masked_toml().contains("pass"));
+        let c = f.validate().unwrap().rate_limit.unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.url, "redis://:env-pass@127.0.0.1:6380/2");
+        assert_eq!(r.timeout, Duration::from_millis(5));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pass"), "{shown}");
+        let mut f = RateLimitFile {
+            backend: BackendKind::Redis,
+            ..RateLimitFile::default()
+        };
+        f.redis.url = Some(Secret("http://:secret@x".into()));
+        let err = f.resolve().unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+}
