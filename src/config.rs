@@ -65,6 +65,9 @@ pub struct ServerFile {
     pub max_concurrency: usize,
     /// Time a client gets to send its request head. Default 10 s.
     pub header_read_timeout_ms: u64,
+    /// Time a client gets to send its request body, once the head is in; 408 after it.
+    /// Must be below `request_timeout_ms`. Default 10 s.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ServerFile {
@@ -76,6 +79,7 @@ impl Default for ServerFile {
             request_timeout_ms: 15_000,
             max_concurrency: 4096,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -246,6 +250,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_concurrency: usize,
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub upstream: Upstream,
     pub api_key: KeySource,
     pub client_key: ClientKeyPolicy,
@@ -278,8 +283,9 @@ pub struct Upstream {
     pub max_response_bytes: usize,
 }
 
-/// Environment overrides, read by the caller (so tests can pass their own).
-#[derive(Debug, Clone, Default)]
+/// Environment overrides, read by the caller (so tests can pass their own). No `Debug`: it
+/// holds the key and the Redis URL (which may carry a password).
+#[derive(Clone, Default)]
 pub struct Env {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
@@ -403,6 +409,26 @@ impl FileConfig {
                 ))
             }
         };
+        // The whole-request budget must leave room for its parts, or their own errors (408 for a
+        // slow body, 504 counted as an upstream timeout) could never happen.
+        if u.timeout_ms >= s.request_timeout_ms {
+            return Err(invalid(
+                "upstream.timeout_ms",
+                format!(
+                    "must be below server.request_timeout_ms ({})",
+                    s.request_timeout_ms
+                ),
+            ));
+        }
+        if s.body_read_timeout_ms >= s.request_timeout_ms {
+            return Err(invalid(
+                "server.body_read_timeout_ms",
+                format!(
+                    "must be below server.request_timeout_ms ({})",
+                    s.request_timeout_ms
+                ),
+            ));
+        }
         Ok(Config {
             listen: addr("server.listen", &s.listen)?,
             admin_listen: addr("server.admin_listen", &s.admin_listen)?,
@@ -415,6 +441,10 @@ impl FileConfig {
             header_read_timeout: Duration::from_millis(positive(
                 "server.header_read_timeout_ms",
                 s.header_read_timeout_ms,
+            )?),
+            body_read_timeout: Duration::from_millis(positive(
+                "server.body_read_timeout_ms",
+                s.body_read_timeout_ms,
             )?),
             upstream: Upstream {
                 base: parse_base(&u.url)?,
@@ -571,6 +601,18 @@ mod tests {
         };
         let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
         assert!(err.contains("GATEWAY_RATE_LIMIT_BACKEND"), "{err}");
+    }
+
+    #[test]
+    fn parts_of_a_request_must_fit_in_its_budget() {
+        let mut f = FileConfig::default();
+        f.upstream.timeout_ms = f.server.request_timeout_ms;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("upstream.timeout_ms"), "{err}");
+        let mut f = FileConfig::default();
+        f.server.body_read_timeout_ms = 20_000;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.body_read_timeout_ms"), "{err}");
     }
 
     #[test]

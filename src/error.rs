@@ -49,7 +49,9 @@ pub enum ApiError {
     /// 400: malformed JSON, a non-object body, a bad query.
     BadRequest(Cow<'static, str>),
     /// 415: not `application/json`.
-    UnsupportedMediaType,
+    UnsupportedMediaType(Cow<'static, str>),
+    /// 408: the client did not send its body within `server.body_read_timeout_ms`.
+    RequestTimeout,
     /// 413: the body exceeds `limits.max_body_bytes`.
     PayloadTooLarge { limit: usize },
     /// 404: the route is not served by this gateway.
@@ -98,7 +100,8 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -114,7 +117,8 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => 500000,
             ApiError::BadRequest(_)
-            | ApiError::UnsupportedMediaType
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::RequestTimeout
             | ApiError::PayloadTooLarge { .. } => 400000,
             ApiError::NotFound => 400400,
             ApiError::RateLimited { .. } => 400311,
@@ -130,7 +134,8 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "Parameters validation error!",
             ApiError::BadRequest(_)
-            | ApiError::UnsupportedMediaType
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::RequestTimeout
             | ApiError::PayloadTooLarge { .. } => "Bad Request.",
             ApiError::NotFound => "Not Found.",
             ApiError::RateLimited { .. } => "RateLimit Exceed.",
@@ -152,7 +157,8 @@ impl ApiError {
         match self {
             ApiError::Invalid(v) => v.clone(),
             ApiError::BadRequest(d) | ApiError::BadGateway(d) => one(d.clone()),
-            ApiError::UnsupportedMediaType => one("content-type must be application/json".into()),
+            ApiError::UnsupportedMediaType(d) => one(d.clone()),
+            ApiError::RequestTimeout => one("request body not received in time".into()),
             ApiError::PayloadTooLarge { limit } => {
                 one(format!("body must be at most {limit} bytes").into())
             }

@@ -82,8 +82,18 @@ impl Route {
 /// Label of requests that match no route.
 pub const UNMATCHED: &str = "unmatched";
 
+/// One path segment that stays one segment after percent-decoding: not empty, not `.` or
+/// `..`, no `/` or backslash, raw or encoded. A hop that normalises paths could otherwise turn
+/// `/api/v3/users/..` or `users/%2e%2e%2fsessions` into a route outside this table.
 fn single_segment(s: &str) -> bool {
-    !s.is_empty() && !s.contains('/')
+    if s.is_empty() || s.contains('/') {
+        return false;
+    }
+    if !s.contains(['%', '.', '\\']) {
+        return true;
+    }
+    let decoded = crate::wire::percent_decode(s, false);
+    !(decoded == "." || decoded == ".." || decoded.contains(['/', '\\']))
 }
 
 /// One boxed policy chain per kind of route.
@@ -134,6 +144,8 @@ where
         match Route::recognize(req.method(), req.uri().path()) {
             Some(route) => {
                 req.extensions_mut().insert(route);
+                // Before any policy runs, so what is validated and injected is what is sent.
+                crate::layers::forward::strip_hop_by_hop(req.headers_mut());
                 match route {
                     Route::Session(_) => Either::Right(self.session.call(req)),
                     _ => Either::Right(self.lookup.call(req)),
@@ -170,6 +182,8 @@ mod tests {
         assert_eq!(r(Method::GET, "/api/v3/users/u-1"), Some(Route::User));
         assert_eq!(r(Method::GET, "/api/v3/users/list"), Some(Route::UserList));
         assert_eq!(r(Method::GET, "/api/v3/files/f-1"), Some(Route::File));
+        assert_eq!(r(Method::GET, "/api/v3/users/john.doe"), Some(Route::User));
+        assert_eq!(r(Method::GET, "/api/v3/users/a%20b"), Some(Route::User));
         for (m, p) in [
             (Method::GET, "/"),
             (Method::POST, "/api/v6/sessions"),
@@ -180,6 +194,12 @@ mod tests {
             (Method::POST, "/api/v3/users/u-1"),
             (Method::GET, "/api/v3/channels"),
             (Method::POST, "/api/v3/sessions/"),
+            (Method::GET, "/api/v3/users/.."),
+            (Method::GET, "/api/v3/users/."),
+            (Method::GET, "/api/v3/users/%2e%2E"),
+            (Method::GET, "/api/v3/files/a%2Fb"),
+            (Method::GET, "/api/v3/files/a%5cb"),
+            (Method::GET, "/api/v3/files/a\\b"),
         ] {
             assert_eq!(r(m.clone(), p), None, "{m} {p}");
         }

@@ -12,13 +12,15 @@
 //!
 //! Then one policy chain per kind of route:
 //!
-//! - session: body limit (415/413) → validate (400/422) → rate limit (429) → session observer →
-//!   key injection → forward hygiene → upstream. Validation precedes everything that costs or
+//! - session: body limit (415/413) → validate (400/422) → rate limit (429) → key injection →
+//!   session observer → forward hygiene → upstream. Validation precedes everything that costs or
 //!   counts, so nothing invalid reaches the limiter or the upstream; its rejections are counted
 //!   per field. The limiter keys on the validated `deviceId` (one budget across v3, v4 and v5)
 //!   and answers a refusal before any cache bookkeeping or key injection, so a refused request
 //!   is never forwarded; it is absent when `rate_limit.enabled = false`. The observer needs the
-//!   validated facts (deviceId retires older tokens) and reads the answer on its way back.
+//!   validated facts (deviceId retires older tokens) and reads the answer on its way back; it
+//!   sits below key injection so the network it files the issued token under is named by the
+//!   very key the request carries (the key is read once per request, even while it rotates).
 //! - lookup and pass-through: body limit → key strip → lookup cache → forward hygiene →
 //!   upstream. The cache answers only after the client-key policy has run, so a hit never
 //!   skips a rejection, and it sits right above forwarding so a hit costs no header rewriting.
@@ -104,25 +106,30 @@ where
     let forward = ForwardLayer::new(&cfg.upstream.base);
 
     let session = ServiceBuilder::new()
-        .layer(BodyLayer::new(cfg.max_body_bytes, true))
+        .layer(BodyLayer::new(
+            cfg.max_body_bytes,
+            cfg.body_read_timeout,
+            true,
+        ))
         .layer(
             ValidateLayer::new(Rules { secure: cfg.secure }).on_reject(shared.metrics.on_reject()),
         )
         .option_layer(shared.rate_limit.clone().map(RateLimitLayer::new))
-        .layer(SessionObserverLayer::new(
-            shared.cache.clone(),
-            shared.api_key.clone(),
-        ))
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,
             true,
         ))
+        .layer(SessionObserverLayer::new(shared.cache.clone()))
         .layer(forward.clone())
         .service(upstream.clone());
 
     let lookup = ServiceBuilder::new()
-        .layer(BodyLayer::new(cfg.max_body_bytes, false))
+        .layer(BodyLayer::new(
+            cfg.max_body_bytes,
+            cfg.body_read_timeout,
+            false,
+        ))
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,

@@ -623,3 +623,111 @@ async fn health_endpoints_answer_on_the_admin_port() {
     );
     env.shutdown().await;
 }
+
+/// Headers a client names in `Connection` are hop-by-hop: they go before any policy runs, so
+/// they can neither remove the injected key nor differ between what was checked and what is sent.
+#[tokio::test]
+async fn headers_named_in_connection_cannot_remove_what_the_gateway_set_or_checked() {
+    let env = TestEnv::start().await;
+    let send = |connection: &str| {
+        format!(
+            "POST /api/v3/sessions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-api-key: mine\r\nconnection: {connection}\r\ncontent-length: {}\r\n\r\n{VALID}",
+            VALID.len()
+        )
+    };
+    let out = raw(env.gw.addr, send("x-api-key, close").as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = &env.sim.requests()[0];
+    let keys: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-api-key")
+        .collect();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].1, KEY, "the injected key survives");
+    assert_eq!(seen.header("connection"), None);
+    // A content type declared hop-by-hop is not there for validation either: 415, not forwarded.
+    let out = raw(env.gw.addr, send("content-type, close").as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 415"), "{out}");
+    assert_eq!(env.sim.requests().len(), 1);
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_the_upstream_would_decode_differently_are_415() {
+    let env = TestEnv::start().await;
+    for (name, value) in [
+        ("content-type", "application/json; charset=utf-16"),
+        ("content-encoding", "gzip"),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        if name == "content-type" {
+            headers[0] = (name, value);
+        } else {
+            headers.push((name, value));
+        }
+        let res = request(Method::POST, &env.url(SESSION), &headers, VALID).await;
+        assert_eq!(
+            res.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{name}: {value}"
+        );
+        assert_eq!(res.json()["code"], 400000);
+    }
+    let res = request(
+        Method::POST,
+        &env.url(SESSION),
+        &[("content-type", "application/json; charset=UTF-8")],
+        VALID,
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(
+        env.sim.requests().len(),
+        1,
+        "only the UTF-8 JSON body was forwarded"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn dot_segment_and_encoded_separator_ids_are_not_routes() {
+    let env = TestEnv::start().await;
+    for path in [
+        "/api/v3/users/..",
+        "/api/v3/users/%2e%2e",
+        "/api/v3/files/.",
+        "/api/v3/files/x%2Fdownload",
+        "/api/v3/users/a%5Cb",
+    ] {
+        let res = request(
+            Method::GET,
+            &env.url(path),
+            &[("authorization", "Bearer t")],
+            "",
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    assert!(env.sim.requests().is_empty());
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_is_408_not_a_gateway_timeout() {
+    let env = TestEnv::start_with(|f| f.server.body_read_timeout_ms = 300).await;
+    let mut s = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"POST /api/v3/sessions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"userId\":")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&buf[..n]);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(env.sim.requests().is_empty());
+    env.shutdown().await;
+}

@@ -5,17 +5,18 @@
 //! * `GET /api/v3/users/{userId}`: the id percent-decoded (the upstream decodes it too);
 //!   `type=public` and no `type` are the same answer; `type=internal` and any other value or
 //!   parameter are never cached.
-//! * `GET /api/v3/users/list?userIds=…`: the ids as the upstream reads them, in every encoding
-//!   clients use (`userIds=a&userIds=b`, `userIds[]=`, `userIds%5B%5D=`, `userIds[0]=`, commas),
-//!   kept in request order with duplicates dropped. Order is kept on purpose: the answer lists
-//!   users in request order, so `[a,b]` and `[b,a]` are different bytes.
+//! * `GET /api/v3/users/list?userIds=…`: cached only in the forms every query parser reads the
+//!   same way: repeated `userIds=a&userIds=b` or `userIds[]=` (also percent-encoded), each id
+//!   once; indexed keys (`userIds[0]=`), commas and repeated ids are forwarded uncached. Order
+//!   is kept on purpose: the answer lists users in request order, so `[a,b]` and `[b,a]` are
+//!   different bytes.
 //! * `GET /api/v3/files/{fileId}`: the id percent-decoded; any query parameter is not cached.
 
 use http::Uri;
 
 use super::tokens::Partition;
 use crate::routes::Route;
-use crate::wire::{is_user_ids_key, percent_decode, user_ids_from_query};
+use crate::wire::{percent_decode, user_ids_from_query};
 
 /// Upstream limit on ids per list call; longer lists are an upstream 422, never cached.
 pub const MAX_LIST_IDS: usize = 100;
@@ -117,11 +118,19 @@ impl Lookup {
                 vec![percent_decode(raw, false)]
             }
             Kind::UserList => {
-                if !pairs(query).all(|(k, _)| is_user_ids_key(&percent_decode(k, true))) {
+                // Only the forms whose meaning does not depend on how the upstream's query
+                // parser treats commas, indices or repeats are cached: repeated `userIds=` or
+                // `userIds[]=` (plain or percent-encoded), each id once. Anything else is
+                // forwarded uncached, so a hit never answers a query the upstream reads otherwise.
+                let unambiguous = pairs(query).all(|(k, v)| {
+                    matches!(percent_decode(k, true).as_str(), "userIds" | "userIds[]")
+                        && !percent_decode(v, true).contains(',')
+                });
+                if !unambiguous {
                     return None;
                 }
                 let ids = user_ids_from_query(query);
-                if ids.is_empty() || ids.len() > MAX_LIST_IDS {
+                if ids.is_empty() || ids.len() > MAX_LIST_IDS || ids.len() != pairs(query).count() {
                     return None;
                 }
                 ids
@@ -216,9 +225,7 @@ mod tests {
             "userIds=a&userIds=b+c",
             "userIds[]=a&userIds[]=b%20c",
             "userIds%5B%5D=a&userIds%5b%5d=b+c",
-            "userIds[0]=a&userIds[1]=b+c",
-            "userIds=a,b%20c",
-            "userIds=a&userIds=b+c&userIds=a",
+            "userIds=a&userIds[]=b+c",
         ] {
             assert_eq!(
                 ids(Route::UserList, &format!("/api/v3/users/list?{q}")),
@@ -230,6 +237,19 @@ mod tests {
             ids(Route::UserList, "/api/v3/users/list?userIds=b&userIds=a"),
             vec!["b", "a"]
         );
+        // Forms whose reading depends on the upstream's query parser are never cached.
+        for q in [
+            "userIds[0]=a&userIds[1]=b",
+            "userIds=a,b",
+            "userIds=a%2Cb",
+            "userIds=a&userIds=b&userIds=a",
+        ] {
+            assert_eq!(
+                lookup(Route::UserList, &format!("/api/v3/users/list?{q}")),
+                None,
+                "{q}"
+            );
+        }
         let many: String = (0..=MAX_LIST_IDS)
             .map(|i| format!("userIds={i}&"))
             .collect();

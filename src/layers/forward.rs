@@ -1,5 +1,6 @@
 //! Forwarding hygiene between client and upstream (RFC 9110 §7.6.1): hop-by-hop headers are
-//! removed in both directions, including every header named in `Connection`; `x-forwarded-for`
+//! removed in both directions, including every header named in `Connection` (on requests by
+//! the router, before any policy sees them; on responses here); `x-forwarded-for`
 //! gets the peer appended; the URI is rewritten onto the upstream's base, whose authority
 //! becomes the Host. The body bytes pass unchanged.
 
@@ -126,7 +127,9 @@ where
         }
         parts.version = http::Version::HTTP_11;
         let headers = &mut parts.headers;
-        strip_hop_by_hop(headers);
+        // Hop-by-hop headers were removed by the router, before any policy ran: a header the
+        // client names in `Connection` (say `x-api-key`) must not be removed after the gateway
+        // set or checked it.
         // The client's Host and framing headers describe the client's hop, not ours: hyper sets
         // Host from the URI's authority and Content-Length from the body.
         headers.remove(header::HOST);

@@ -1,7 +1,8 @@
 //! Watches session answers on their way to the client for what the lookup cache must know:
 //! the issued token (kept hashed) retires the device's older one, the session's user has its
 //! cached answers dropped, and `lastCachePurge` may move the purge watermark. The body passes
-//! unchanged. Sits right after validation, where the request's [`SessionFacts`] are known.
+//! unchanged. Sits below validation (the request's [`SessionFacts`] are known) and below key
+//! injection: the injected `x-api-key` names the network the issued token belongs to.
 //!
 //! The request's `accept-encoding` is dropped so the upstream answers uncompressed: the gateway
 //! must read the answer, and a session answer is a few kilobytes at most.
@@ -13,7 +14,7 @@ use http::header::ACCEPT_ENCODING;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::api_key::ApiKey;
+use super::api_key::X_API_KEY;
 use super::lookup_cache::{OnResponse, OnResponseFuture};
 use crate::cache::{LookupCache, SessionPending};
 use crate::error::{Body, BoxError};
@@ -22,14 +23,11 @@ use crate::session::SessionFacts;
 #[derive(Clone)]
 pub struct SessionObserverLayer {
     cache: Arc<LookupCache>,
-    api_key: Arc<ApiKey>,
 }
 
 impl SessionObserverLayer {
-    /// `api_key` is the key the session chain injects: its hash names the network whose
-    /// tokens the observed answers issue.
-    pub fn new(cache: Arc<LookupCache>, api_key: Arc<ApiKey>) -> Self {
-        Self { cache, api_key }
+    pub fn new(cache: Arc<LookupCache>) -> Self {
+        Self { cache }
     }
 }
 
@@ -70,10 +68,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let cache = &self.layer.cache;
         let pending = if cache.enabled() {
-            req.extensions().get::<SessionFacts>().and_then(|f| {
-                let key = self.layer.api_key.current();
-                cache.session(&key, &f.user_id, &f.device_id)
-            })
+            // The key injected above this layer: its hash names the issuing network.
+            let key = req.headers().get(&X_API_KEY);
+            let facts = req.extensions().get::<SessionFacts>();
+            key.zip(facts)
+                .and_then(|(key, f)| cache.session(key, &f.user_id, &f.device_id))
         } else {
             None
         };

@@ -55,13 +55,13 @@ pub use labels::UpstreamErrorKind;
 /// millisecond, a healthy upstream answers in tens to hundreds of milliseconds, and mobile
 /// clients give up after a few seconds; the top buckets reach the default upstream (10 s) and
 /// request (15 s) budgets so timeouts land in a bucket of their own.
-/// `cache` label of the one lookup store (answers of every lookup route share it).
-const LOOKUP_STORE: &str = "lookup";
-
 pub const LATENCY_BUCKETS: [f64; 17] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
     15.0,
 ];
+
+/// `cache` label of the one lookup store (answers of every lookup route share it).
+const LOOKUP_STORE: &str = "lookup";
 
 /// The gateway's metrics. Built once, shared behind an `Arc` by the stack (as its
 /// [`Observer`] and the validation/rescue hooks) and by the admin endpoint.

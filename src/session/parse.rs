@@ -45,8 +45,9 @@ pub(super) enum DeviceInfo<'de> {
     NotObject,
 }
 
-/// The known top-level members of a body; `None` means absent.
-#[derive(Debug, Default)]
+/// The known top-level members of a body; `None` means absent. No `Debug`: it holds the
+/// client's `authToken`.
+#[derive(Default)]
 pub(super) struct Parsed<'de> {
     pub user_id: Option<Val<'de>>,
     pub device_id: Option<Val<'de>>,

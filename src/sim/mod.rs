@@ -59,8 +59,8 @@ use tokio::task::JoinHandle;
 use routes::{ApiRequest, SimBody};
 use world::World;
 
-/// How the simulator starts.
-#[derive(Debug, Clone)]
+/// How the simulator starts. `Debug` leaves the key out.
+#[derive(Clone)]
 pub struct SimConfig {
     /// The only `x-api-key` accepted by the session endpoints. Never logged.
     pub api_key: String,
@@ -68,6 +68,16 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Fraction (0.0 to 1.0) of non-control requests answered with a 500 envelope.
     pub failure_rate: f64,
+}
+
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("api_key", &"****")
+            .field("latency", &self.latency)
+            .field("failure_rate", &self.failure_rate)
+            .finish()
+    }
 }
 
 impl SimConfig {
