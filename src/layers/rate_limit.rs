@@ -214,8 +214,27 @@ fn ratelimit_value(d: &Decision) -> HeaderValue {
 /// The client IP the per-IP limit keys on: the peer address when no proxy is trusted;
 /// otherwise the `trusted_hops`-th `x-forwarded-for` entry from the right (each trusted proxy
 /// appended the address it saw), or the leftmost when fewer are present. An entry that is not
-/// an address falls back to the peer.
+/// an address falls back to the peer. IPv6 clients are keyed by their /64 (one subscriber's
+/// prefix, whose addresses a client can rotate at will); IPv4-mapped addresses as IPv4.
 pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trusted_hops: usize,
+) -> Option<IpAddr> {
+    forwarded_ip(headers, peer, trusted_hops).map(limit_key)
+}
+
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+fn forwarded_ip(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     trusted_hops: usize,
@@ -268,6 +287,22 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_mapped_v4_as_v4() {
+        let peer = |s: &str| Some(SocketAddr::new(s.parse().unwrap(), 1));
+        let h = HeaderMap::new();
+        let a = client_ip(&h, peer("2001:db8:1:2:aaaa::1"), 0);
+        let b = client_ip(&h, peer("2001:db8:1:2:bbbb::9"), 0);
+        let c = client_ip(&h, peer("2001:db8:1:3::1"), 0);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, Some("2001:db8:1:2::".parse().unwrap()));
+        assert_eq!(
+            client_ip(&h, peer("::ffff:192.0.2.7"), 0),
+            Some("192.0.2.7".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         let peer: SocketAddr = "10.0.0.9:5555".parse().unwrap();
         let h = xff(&["203.0.113.1, 198.51.100.2", "10.0.0.1"]);
@@ -284,11 +319,11 @@ mod tests {
             Some(peer.ip())
         );
         assert_eq!(
-            client_ip(&xff(&["[2001:db8::1]:443"]), None, 1),
+            forwarded_ip(&xff(&["[2001:db8::1]:443"]), None, 1),
             "2001:db8::1".parse().ok()
         );
         assert_eq!(
-            client_ip(&xff(&["[2001:db8::2]"]), None, 1),
+            forwarded_ip(&xff(&["[2001:db8::2]"]), None, 1),
             "2001:db8::2".parse().ok()
         );
     }
