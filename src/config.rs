@@ -65,6 +65,9 @@ pub struct ServerFile {
     pub max_concurrency: usize,
     /// Time a client gets to send its request head. Default 10 s.
     pub header_read_timeout_ms: u64,
+    /// Runtime threads: 0 (default) one per core (or `TOKIO_WORKER_THREADS`), 1 a single
+    /// thread that does everything (no cross-thread wake-ups: the 1-core sidecar), N that many.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerFile {
@@ -76,6 +79,7 @@ impl Default for ServerFile {
             request_timeout_ms: 15_000,
             max_concurrency: 4096,
             header_read_timeout_ms: 10_000,
+            worker_threads: 0,
         }
     }
 }
@@ -179,6 +183,8 @@ pub struct LogFile {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `amity_gateway=debug`; `RUST_LOG` wins. Default `info`.
     pub level: String,
+    /// One access line per request (target `access`, level info). Default true.
+    pub access: bool,
 }
 
 impl Default for LogFile {
@@ -186,6 +192,7 @@ impl Default for LogFile {
         Self {
             format: LogFormat::Json,
             level: "info".into(),
+            access: true,
         }
     }
 }
@@ -246,6 +253,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_concurrency: usize,
     pub header_read_timeout: Duration,
+    /// 0: one per core; 1: a single-threaded runtime; N: N workers.
+    pub worker_threads: usize,
     pub upstream: Upstream,
     pub api_key: KeySource,
     pub client_key: ClientKeyPolicy,
@@ -416,6 +425,7 @@ impl FileConfig {
                 "server.header_read_timeout_ms",
                 s.header_read_timeout_ms,
             )?),
+            worker_threads: s.worker_threads,
             upstream: Upstream {
                 base: parse_base(&u.url)?,
                 connect_timeout: Duration::from_millis(positive(
