@@ -65,8 +65,8 @@ pub struct ServerFile {
     pub max_concurrency: usize,
     /// Time a client gets to send its request head. Default 10 s.
     pub header_read_timeout_ms: u64,
-    /// Runtime threads: 0 (default) one per core (or `TOKIO_WORKER_THREADS`), 1 a single
-    /// thread that does everything (no cross-thread wake-ups: the 1-core sidecar), N that many.
+    /// Runtime threads: 0 (default) `TOKIO_WORKER_THREADS` if set, else one per CPU the process
+    /// may use; N that many. When it comes out as 1, one current-thread runtime does everything.
     pub worker_threads: usize,
 }
 
@@ -253,7 +253,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_concurrency: usize,
     pub header_read_timeout: Duration,
-    /// 0: one per core; 1: a single-threaded runtime; N: N workers.
+    /// 0: `TOKIO_WORKER_THREADS`, else one per usable CPU; N: N. One means a current-thread runtime.
     pub worker_threads: usize,
     pub upstream: Upstream,
     pub api_key: KeySource,

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod reload;
 pub mod routes;
+pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod sim;

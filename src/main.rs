@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         },
         other => (Run::Other(other), 0),
     };
-    let runtime = match logging::runtime(worker_threads) {
+    let runtime = match amity_gateway::runtime::build(worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };

@@ -45,24 +45,3 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Pretty => builder.compact().init(),
     }
 }
-
-/// The runtime: `worker_threads` 1 is a current-thread runtime (everything on the calling
-/// thread), 0 one worker per core (`TOKIO_WORKER_THREADS` overrides), N that many workers.
-/// Its threads batch their log lines and write them when they go idle or stop; the caller
-/// flushes its own thread with [`sink::on_stop`] once `block_on` has returned.
-pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if worker_threads > 1 {
-            b.worker_threads(worker_threads);
-        }
-        b
-    };
-    builder
-        .enable_all()
-        .on_thread_park(sink::on_park)
-        .on_thread_stop(sink::on_stop)
-        .build()
-}
