@@ -193,6 +193,23 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_headers_go_without_a_connection_header_too() {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "upgrade",
+            "transfer-encoding",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-end-to-end", HeaderValue::from_static("stays"));
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+    }
+
+    #[test]
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
