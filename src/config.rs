@@ -68,6 +68,9 @@ pub struct ServerFile {
     /// Time a client gets to send its request body, once the head is in; 408 after it.
     /// Must be below `request_timeout_ms`. Default 10 s.
     pub body_read_timeout_ms: u64,
+    /// Runtime threads: 0 (default) `TOKIO_WORKER_THREADS` if set, else one per CPU the process
+    /// may use; N that many. When it comes out as 1, one current-thread runtime does everything.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerFile {
@@ -80,6 +83,7 @@ impl Default for ServerFile {
             max_concurrency: 4096,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            worker_threads: 0,
         }
     }
 }
@@ -183,6 +187,8 @@ pub struct LogFile {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `amity_gateway=debug`; `RUST_LOG` wins. Default `info`.
     pub level: String,
+    /// One access line per request (target `access`, level info). Default true.
+    pub access: bool,
 }
 
 impl Default for LogFile {
@@ -190,6 +196,7 @@ impl Default for LogFile {
         Self {
             format: LogFormat::Json,
             level: "info".into(),
+            access: true,
         }
     }
 }
@@ -251,6 +258,8 @@ pub struct Config {
     pub max_concurrency: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// 0: `TOKIO_WORKER_THREADS`, else one per usable CPU; N: N. One means a current-thread runtime.
+    pub worker_threads: usize,
     pub upstream: Upstream,
     pub api_key: KeySource,
     pub client_key: ClientKeyPolicy,
@@ -446,6 +455,7 @@ impl FileConfig {
                 "server.body_read_timeout_ms",
                 s.body_read_timeout_ms,
             )?),
+            worker_threads: s.worker_threads,
             upstream: Upstream {
                 base: parse_base(&u.url)?,
                 connect_timeout: Duration::from_millis(positive(

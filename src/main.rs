@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use amity_gateway::app::Gateway;
-use amity_gateway::config::{Env, FileConfig, LogFormat, Secret};
+use amity_gateway::config::{Config, Env, FileConfig, LogFormat, Secret};
+use amity_gateway::logging;
 use amity_gateway::server::shutdown_signal;
 use amity_gateway::sim::{SimConfig, Simulator};
 use clap::{Parser, Subcommand};
@@ -55,23 +56,8 @@ enum Command {
     },
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Pretty => builder.compact().init(),
-    }
-}
-
 /// The file with environment overrides applied (what is in effect), and its validated form.
-fn load(path: &std::path::Path) -> Result<(FileConfig, amity_gateway::config::Config), String> {
+fn load(path: &std::path::Path) -> Result<(FileConfig, Config), String> {
     let mut file = FileConfig::load(path).map_err(|e| e.to_string())?;
     file.apply_env(&Env::from_process())
         .map_err(|e| e.to_string())?;
@@ -81,44 +67,66 @@ fn load(path: &std::path::Path) -> Result<(FileConfig, amity_gateway::config::Co
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` reads its config first: the runtime's shape is part of it.
+    let (command, worker_threads) = match cli.command {
+        Command::Serve { config } => match load(&config) {
+            Ok((_, config)) => {
+                let threads = config.worker_threads;
+                (Run::Serve(Box::new(config)), threads)
+            }
+            Err(e) => return fail(&e),
+        },
+        other => (Run::Other(other), 0),
+    };
+    let runtime = match amity_gateway::runtime::build(worker_threads) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("amity-gateway: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve { config } => serve(config).await,
-            Command::Sim {
-                listen,
-                api_key,
-                latency_ms,
-            } => sim(listen, api_key, latency_ms).await,
-            Command::Demo {
-                listen,
-                admin_listen,
-                sim_listen,
-            } => demo(listen, admin_listen, sim_listen).await,
-            Command::CheckConfig { config } => check_config(config),
+        match command {
+            Run::Serve(config) => serve(*config).await,
+            Run::Other(command) => run(command).await,
         }
     });
+    // Worker threads wrote their batches when they stopped; this thread may hold one too.
+    drop(runtime);
+    logging::sink::on_stop();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("amity-gateway: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
 }
 
-async fn serve(path: PathBuf) -> Result<(), String> {
-    let (_, config) = load(&path)?;
-    init_tracing(config.log.format, &config.log.level);
+/// A command with what it needs before the runtime starts.
+enum Run {
+    Serve(Box<Config>),
+    Other(Command),
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve { config } => serve(load(&config)?.1).await,
+        Command::Sim {
+            listen,
+            api_key,
+            latency_ms,
+        } => sim(listen, api_key, latency_ms).await,
+        Command::Demo {
+            listen,
+            admin_listen,
+            sim_listen,
+        } => demo(listen, admin_listen, sim_listen).await,
+        Command::CheckConfig { config } => check_config(config),
+    }
+}
+
+fn fail(e: &str) -> ExitCode {
+    eprintln!("amity-gateway: {e}");
+    ExitCode::FAILURE
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    logging::init(config.log.format, &config.log.level);
     let gateway = Gateway::bind(config).await.map_err(|e| e.to_string())?;
     let bound = gateway.bound();
     tracing::info!(listen = %bound.addr, admin = %bound.admin_addr, "gateway listening");
@@ -127,7 +135,7 @@ async fn serve(path: PathBuf) -> Result<(), String> {
 }
 
 async fn sim(listen: SocketAddr, api_key: String, latency_ms: u64) -> Result<(), String> {
-    init_tracing(LogFormat::Pretty, "info");
+    logging::init(LogFormat::Pretty, "info");
     let mut cfg = SimConfig::new(api_key);
     cfg.latency = Duration::from_millis(latency_ms);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -160,7 +168,7 @@ async fn demo(
     let config = file
         .resolve(&Default::default())
         .map_err(|e| e.to_string())?;
-    init_tracing(config.log.format, &config.log.level);
+    logging::init(config.log.format, &config.log.level);
     let gateway = Gateway::bind(config).await.map_err(|e| e.to_string())?;
     let b = gateway.bound();
     println!("{}", demo_banner(b.addr, b.admin_addr, sim_handle.addr));

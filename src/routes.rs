@@ -1,11 +1,12 @@
 //! The route table: the only requests this gateway forwards. Everything else is a 404 in the
 //! upstream's envelope, so the injected key cannot be used against any other endpoint.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
-use tower::util::BoxCloneSyncService;
-use tower::Service;
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::{Service, ServiceExt};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
 use crate::session::ApiVersion;
@@ -100,9 +101,13 @@ fn single_segment(s: &str) -> bool {
 pub type RouteService<B> = BoxCloneSyncService<Request<B>, Response<Body>, BoxError>;
 
 /// Dispatches to the policy chain of the matched route and records the [`Route`] in the
-/// request's extensions. The chains are always ready (they only pass readiness through), so
-/// `poll_ready` polls all of them, as `tower::steer` does.
+/// request's extensions. hyper-util clones the service for every request, so the chains sit
+/// behind one `Arc` and only the chosen one is cloned, when it is called.
 pub struct Router<B> {
+    chains: Arc<Chains<B>>,
+}
+
+struct Chains<B> {
     session: RouteService<B>,
     lookup: RouteService<B>,
 }
@@ -111,15 +116,16 @@ pub struct Router<B> {
 impl<B> Clone for Router<B> {
     fn clone(&self) -> Self {
         Self {
-            session: self.session.clone(),
-            lookup: self.lookup.clone(),
+            chains: self.chains.clone(),
         }
     }
 }
 
 impl<B> Router<B> {
     pub fn new(session: RouteService<B>, lookup: RouteService<B>) -> Self {
-        Self { session, lookup }
+        Self {
+            chains: Arc::new(Chains { session, lookup }),
+        }
     }
 }
 
@@ -131,12 +137,12 @@ where
     type Error = BoxError;
     type Future = futures_util::future::Either<
         futures_util::future::Ready<Result<Response<Body>, BoxError>>,
-        <RouteService<B> as Service<Request<B>>>::Future,
+        Oneshot<RouteService<B>, Request<B>>,
     >;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        futures_util::ready!(self.session.poll_ready(cx))?;
-        self.lookup.poll_ready(cx)
+    /// Always ready: the chosen chain's own readiness is awaited by its [`Oneshot`].
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
@@ -146,10 +152,11 @@ where
                 req.extensions_mut().insert(route);
                 // Before any policy runs, so what is validated and injected is what is sent.
                 crate::layers::forward::strip_hop_by_hop(req.headers_mut());
-                match route {
-                    Route::Session(_) => Either::Right(self.session.call(req)),
-                    _ => Either::Right(self.lookup.call(req)),
-                }
+                let chain = match route {
+                    Route::Session(_) => &self.chains.session,
+                    _ => &self.chains.lookup,
+                };
+                Either::Right(chain.clone().oneshot(req))
             }
             None => {
                 let res = ApiError::NotFound.to_response(ErrorFormat::from_headers(req.headers()));

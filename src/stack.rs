@@ -46,6 +46,7 @@ use crate::layers::rescue::RescueLayer;
 use crate::layers::session_observer::SessionObserverLayer;
 use crate::layers::trace::{Observer, TraceLayer};
 use crate::layers::validate::ValidateLayer;
+use crate::logging::AccessLog;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes::Router;
@@ -145,7 +146,7 @@ where
     );
 
     ServiceBuilder::new()
-        .layer(TraceLayer::new(shared.observer.clone()))
+        .layer(TraceLayer::new(shared.observer.clone()).access(AccessLog::new(&cfg.log)))
         .layer(RescueLayer::new().on_error(shared.metrics.on_error()))
         .load_shed()
         .concurrency_limit(cfg.max_concurrency)

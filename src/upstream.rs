@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,13 @@ use crate::layers::trace::Outcome;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// Cheap to clone (one `Arc`): hyper-util clones the whole stack for every request.
 #[derive(Clone)]
 pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: HttpsClient,
     timeout: Duration,
     max_response_bytes: usize,
@@ -61,9 +67,11 @@ impl Upstream {
             .http2_only(cfg.http2 && cfg.base.scheme_str() == Some("http"))
             .build(connector);
         Self {
-            client,
-            timeout: cfg.timeout,
-            max_response_bytes: cfg.max_response_bytes,
+            inner: Arc::new(Inner {
+                client,
+                timeout: cfg.timeout,
+                max_response_bytes: cfg.max_response_bytes,
+            }),
         }
     }
 }
@@ -87,13 +95,14 @@ impl Service<Request<Full<Bytes>>> for Upstream {
     }
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        let client = self.client.clone();
-        let limit = self.max_response_bytes;
-        let timeout = self.timeout;
+        let limit = self.inner.max_response_bytes;
+        let timeout = self.inner.timeout;
+        let start = Instant::now();
+        // The response future owns what it needs from the client: no client clone per request.
+        let response = self.inner.client.request(req);
         Box::pin(async move {
-            let start = Instant::now();
             let exchange = async move {
-                let res = client.request(req).await.map_err(classify)?;
+                let res = response.await.map_err(classify)?;
                 let (parts, body) = res.into_parts();
                 let bytes = match Limited::new(body, limit).collect().await {
                     Ok(c) => c.to_bytes(),

@@ -14,6 +14,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::trace::RequestId;
 use crate::error::{self, ApiError, Body, BoxError, ErrorFormat, GatewayError};
 
 /// Called with every rescued infrastructure error (for metrics); never sees a client rejection.
@@ -57,24 +58,40 @@ pin_project! {
         inner: Option<CatchUnwind<AssertUnwindSafe<F>>>,
         format: ErrorFormat,
         on_error: Option<OnError>,
+        // The request's id, for the warning: the request span is off at info level.
+        id: Option<RequestId>,
     }
 }
 
-fn respond(err: &BoxError, format: ErrorFormat, on_error: &Option<OnError>) -> Response<Body> {
+fn respond(
+    err: &BoxError,
+    format: ErrorFormat,
+    on_error: &Option<OnError>,
+    id: Option<&RequestId>,
+) -> Response<Body> {
     let api = error::rescue(err);
     let kind = err
         .downcast_ref::<GatewayError>()
         .map(GatewayError::kind)
         .unwrap_or("other");
-    tracing::warn!(error = %err, kind, status = api.status().as_u16(), "request failed");
+    tracing::warn!(
+        error = %err,
+        kind,
+        status = api.status().as_u16(),
+        request_id = id.map_or("-", RequestId::as_str),
+        "request failed"
+    );
     if let Some(f) = on_error {
         f(err);
     }
     api.to_response(format)
 }
 
-fn panicked(format: ErrorFormat) -> Response<Body> {
-    tracing::error!("panic while handling a request");
+fn panicked(format: ErrorFormat, id: Option<&RequestId>) -> Response<Body> {
+    tracing::error!(
+        request_id = id.map_or("-", RequestId::as_str),
+        "panic while handling a request"
+    );
     ApiError::Internal.to_response(format)
 }
 
@@ -87,12 +104,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Ok(panicked(*this.format)));
+            return Poll::Ready(Ok(panicked(*this.format, this.id.as_ref())));
         };
         Poll::Ready(Ok(match futures_util::ready!(inner.poll(cx)) {
             Ok(Ok(res)) => res,
-            Ok(Err(err)) => respond(&err, *this.format, this.on_error),
-            Err(_panic) => panicked(*this.format),
+            Ok(Err(err)) => respond(&err, *this.format, this.on_error, this.id.as_ref()),
+            Err(_panic) => panicked(*this.format, this.id.as_ref()),
         }))
     }
 }
@@ -116,6 +133,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let format = ErrorFormat::from_headers(req.headers());
+        let id = req.extensions().get::<RequestId>().cloned();
         let inner = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
             .ok()
             .map(|f| AssertUnwindSafe(f).catch_unwind());
@@ -123,6 +141,7 @@ where
             inner,
             format,
             on_error: self.on_error.clone(),
+            id,
         }
     }
 }

@@ -4,6 +4,10 @@
 //! The id is kept from the client's `x-request-id` when it is a short visible-ASCII token, and
 //! minted otherwise; it is forwarded upstream and returned to the client. The access log has
 //! method, route label, status, durations and decisions, never a header value, body or token.
+//!
+//! The per-request span is at debug level: at info it would cost more than the rest of the
+//! logging together (a span record, its fields formatted, entered on every poll). Warnings
+//! about one request carry its id as a field instead (see the rescue layer).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +24,8 @@ use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
 use crate::error::Body;
+use crate::logging::access::AccessLine;
+use crate::logging::AccessLog;
 use crate::routes::{Route, UNMATCHED};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -27,6 +33,13 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The request's id, in its extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    /// The id as a log field.
+    pub fn as_str(&self) -> &str {
+        id_field(&self.0)
+    }
+}
 
 /// Facts later layers leave in the response's extensions for the access log and metrics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,11 +84,21 @@ impl Observer for () {}
 #[derive(Clone)]
 pub struct TraceLayer {
     observer: Arc<dyn Observer>,
+    access: AccessLog,
 }
 
 impl TraceLayer {
+    /// Access lines as `tracing` events unless [`TraceLayer::access`] says otherwise.
     pub fn new(observer: Arc<dyn Observer>) -> Self {
-        Self { observer }
+        Self {
+            observer,
+            access: AccessLog::Event,
+        }
+    }
+
+    pub fn access(mut self, access: AccessLog) -> Self {
+        self.access = access;
+        self
     }
 }
 
@@ -85,6 +108,7 @@ impl<S> Layer<S> for TraceLayer {
         Trace {
             inner,
             observer: self.observer.clone(),
+            access: self.access,
         }
     }
 }
@@ -93,6 +117,7 @@ impl<S> Layer<S> for TraceLayer {
 pub struct Trace<S> {
     inner: S,
     observer: Arc<dyn Observer>,
+    access: AccessLog,
 }
 
 fn acceptable_id(v: &HeaderValue) -> bool {
@@ -121,6 +146,7 @@ pin_project! {
         method: Method,
         route: &'static str,
         observer: Arc<dyn Observer>,
+        access: AccessLog,
         finished: bool,
     }
 
@@ -139,6 +165,31 @@ fn id_field(id: &HeaderValue) -> &str {
     id.to_str().unwrap_or("-")
 }
 
+/// Writes the access line as `access` says, if the filter lets `access` events through at info.
+fn access_line(access: AccessLog, line: &AccessLine<'_>) {
+    if access == AccessLog::Off || !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return;
+    }
+    match access {
+        AccessLog::Json => line.emit(),
+        // Every field is always present (`none` when no decision was made) so that the lines
+        // share one shape; `upstream_ms` only when the upstream answered.
+        _ => tracing::info!(
+            target: "access",
+            parent: None,
+            request_id = line.request_id,
+            method = line.method,
+            route = line.route,
+            status = line.status,
+            duration_ms = line.duration_ms,
+            upstream_ms = line.upstream_ms,
+            rate_limit = line.rate_limit,
+            cache = line.cache,
+            "request"
+        ),
+    }
+}
+
 impl<F> Future for TraceFuture<F>
 where
     F: Future<Output = Result<Response<Body>, Infallible>>,
@@ -155,20 +206,18 @@ where
             .copied()
             .unwrap_or_default();
         let status = res.status().as_u16();
-        // Every field is always present (`none` when no decision was made) so that the JSON
-        // lines share one shape; `upstream_ms` only when the upstream answered.
-        tracing::info!(
-            target: "access",
-            parent: None,
-            request_id = id_field(this.id),
-            method = %this.method,
-            route = *this.route,
-            status,
-            duration_ms = secs * 1e3,
-            upstream_ms = outcome.upstream_secs.map(|s| s * 1e3),
-            rate_limit = outcome.rate_limit.unwrap_or("none"),
-            cache = outcome.cache.unwrap_or("none"),
-            "request"
+        access_line(
+            *this.access,
+            &AccessLine {
+                request_id: id_field(this.id),
+                method: this.method.as_str(),
+                route: this.route,
+                status,
+                duration_ms: secs * 1e3,
+                upstream_ms: outcome.upstream_secs.map(|s| s * 1e3),
+                rate_limit: outcome.rate_limit.unwrap_or("none"),
+                cache: outcome.cache.unwrap_or("none"),
+            },
         );
         *this.finished = true;
         this.observer.finished(&Finished {
@@ -211,7 +260,7 @@ where
             Route::recognize(req.method(), req.uri().path()).map_or(UNMATCHED, Route::label);
         let method = req.method().clone();
         req.extensions_mut().insert(RequestId(id.clone()));
-        let span = tracing::info_span!("request", request_id = id_field(&id), route);
+        let span = tracing::debug_span!("request", request_id = id_field(&id), route);
         let inner = span.in_scope(|| self.inner.call(req)).instrument(span);
         TraceFuture {
             inner,
@@ -220,6 +269,7 @@ where
             method,
             route,
             observer: self.observer.clone(),
+            access: self.access,
             finished: false,
         }
     }
