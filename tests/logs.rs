@@ -6,115 +6,15 @@
 
 mod common;
 
+use common::process::GatewayProcess as Gateway;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use amity_gateway::sim::{SimConfig, Simulator};
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::Value;
-
-/// The gateway binary, killed on drop if a test fails before it stops.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stdout: Vec<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    fn start(config: &str) -> (Self, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amity-gateway"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("AMITY_API_KEY", KEY)
-            .env_remove("RUST_LOG")
-            .env_remove("GATEWAY_LISTEN")
-            .env_remove("GATEWAY_ADMIN_LISTEN")
-            .env_remove("GATEWAY_UPSTREAM_URL")
-            .env_remove("GATEWAY_API_KEY_FILE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the gateway binary starts");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let gw = Gateway {
-            child,
-            lines,
-            stdout: Vec::new(),
-            stderr: Some(stderr),
-        };
-        (gw, dir)
-    }
-
-    /// Reads stdout until a line satisfies `found` (bounded); returns that line.
-    fn wait_for(&mut self, what: &str, found: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.stdout.push(line.clone());
-                    if found(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {what} in the gateway's output:\n{:#?}", self.stdout),
-            }
-        }
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit; returns (stdout lines, stderr).
-    fn terminate(mut self) -> (Vec<String>, String) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "exit status {status}");
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.stdout.push(line);
-        }
-        let stderr = self.stderr.take().unwrap().join().unwrap();
-        (std::mem::take(&mut self.stdout), stderr)
-    }
-}
 
 fn json(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"))

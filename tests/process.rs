@@ -3,9 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use common::process::GatewayProcess;
+
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use amity_gateway::sim::{SimConfig, Simulator};
@@ -19,92 +21,14 @@ fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// A gateway process; killed on drop if the test did not stop it.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn term(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits (bounded) for the process to exit; returns its status and everything it printed.
-    fn wait_output(&mut self) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "gateway did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        (status, out)
-    }
-}
-
-async fn spawn_gateway(sim: SocketAddr, extra_toml: &str, log: &str) -> (Proc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let admin = free_addr();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\ndrain_timeout_secs = 10\n\
-             [upstream]\nurl = \"http://{sim}\"\ntimeout_ms = 5000\n[log]\nformat = \"json\"\nlevel = \"{log}\"\n{extra_toml}"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("AMITY_API_KEY", KEY)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let p = Proc { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = client()
-            .get(format!("http://{admin}/readyz").parse().unwrap())
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK);
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (p, dir)
+/// A gateway process on ephemeral loopback ports, upstream `sim`, JSON logs at `log`.
+fn spawn_gateway(sim: SocketAddr, log: &str) -> (GatewayProcess, SocketAddr, tempfile::TempDir) {
+    let (mut gw, dir) = GatewayProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 10\n\
+         [upstream]\nurl = \"http://{sim}\"\ntimeout_ms = 5000\n[log]\nformat = \"json\"\nlevel = \"{log}\"\n"
+    ));
+    let addr = gw.listen_addr();
+    (gw, addr, dir)
 }
 
 #[tokio::test]
@@ -115,9 +39,9 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exit
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let (mut gw, _dir) = spawn_gateway(sim_handle.addr, "", "info").await;
+    let (gw, addr, _dir) = spawn_gateway(sim_handle.addr, "info");
     sim.set_latency(Duration::from_millis(2_000));
-    let url = format!("http://{}/api/v3/sessions", gw.addr);
+    let url = format!("http://{addr}/api/v3/sessions");
     let slow = tokio::spawn(async move { post_json(&url, VALID).await });
     // Wait until the slow request has reached the upstream, then ask the gateway to stop.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -131,7 +55,7 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exit
     gw.term();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if tokio::net::TcpStream::connect(gw.addr).await.is_err() {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
             break;
         }
         assert!(
@@ -147,8 +71,7 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exit
     let res = slow.await.unwrap();
     assert_eq!(res.status, StatusCode::OK, "in-flight request completed");
     assert!(res.json()["accessToken"].is_string());
-    let (status, _) = gw.wait_output();
-    assert!(status.success(), "exit status {status:?}");
+    gw.wait_exit(); // asserts exit status 0
     sim_handle.stop().await;
 }
 
@@ -160,8 +83,8 @@ async fn logs_of_a_whole_run_at_trace_level_hold_no_secret() {
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let (mut gw, _dir) = spawn_gateway(sim_handle.addr, "", "trace").await;
-    let base = format!("http://{}", gw.addr);
+    let (gw, addr, _dir) = spawn_gateway(sim_handle.addr, "trace");
+    let base = format!("http://{addr}");
     let auth_token = "auth-token-value-9d1e";
     let client_key = "client-sent-key-51ab";
     let mut secrets = vec![KEY.to_owned(), auth_token.to_owned(), client_key.to_owned()];
@@ -205,9 +128,8 @@ async fn logs_of_a_whole_run_at_trace_level_hold_no_secret() {
     .await;
     assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(!String::from_utf8_lossy(&res.body).contains(auth_token));
-    gw.term();
-    let (status, logs) = gw.wait_output();
-    assert!(status.success());
+    let (stdout, stderr) = gw.terminate();
+    let logs = stdout.join("\n") + &stderr;
     assert!(
         logs.lines()
             .filter(|l| l.contains("\"target\":\"access\""))

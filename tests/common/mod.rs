@@ -2,6 +2,8 @@
 //! sockets (`127.0.0.1:0`), and small clients that speak to them.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
