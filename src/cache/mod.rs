@@ -112,16 +112,7 @@ fn body_bytes(body: &Body) -> Option<Bytes> {
 /// Puts the cache result into the response's [`Outcome`] (for the access log and metrics),
 /// keeping whatever other layers put there.
 fn note_outcome(res: &mut Response<Body>, result: CacheResult) {
-    let ext = res.extensions_mut();
-    match ext.get_mut::<Outcome>() {
-        Some(o) => o.cache = Some(result.as_header()),
-        None => {
-            ext.insert(Outcome {
-                cache: Some(result.as_header()),
-                ..Outcome::default()
-            });
-        }
-    }
+    Outcome::of(res).cache = Some(result.as_header());
 }
 
 impl LookupCache {
