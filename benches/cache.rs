@@ -9,16 +9,17 @@
 //!
 //! Run: `cargo bench --bench cache -- --warm-up-time 1 --measurement-time 3`
 
+mod support;
+
 use std::convert::Infallible;
 use std::hint::black_box;
 
 use amity_gateway::cache::key::Kind;
 use amity_gateway::cache::stats::CacheResult;
 use amity_gateway::cache::Decision;
-use amity_gateway::config::{Env, FileConfig, Secret};
 use amity_gateway::error::BoxError;
 use amity_gateway::routes::Route;
-use amity_gateway::stack::{self, Shared};
+use amity_gateway::stack;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Method, Request, Response};
@@ -91,9 +92,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut file = FileConfig::default();
-    file.api_key.value = Some(Secret("bench-key".into()));
-    let shared = Shared::new(file.resolve(&Env::default()).unwrap()).unwrap();
+    let shared = support::shared();
     let svc = stack::build(&shared, tower::service_fn(upstream));
 
     rt.block_on(async {

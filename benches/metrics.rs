@@ -10,14 +10,17 @@
 //! Futures are polled once with `now_or_never` inside the runtime's context: everything here
 //! completes without waiting, so no executor overhead dilutes the difference.
 
+mod support;
+
+use support::shared;
+
 use std::hint::black_box;
 use std::sync::Arc;
 
-use amity_gateway::config::{FileConfig, Secret};
 use amity_gateway::error::BoxError;
 use amity_gateway::layers::trace::{Finished, Observer, Outcome};
 use amity_gateway::metrics::Metrics;
-use amity_gateway::stack::{self, Shared};
+use amity_gateway::stack;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures_util::FutureExt;
@@ -59,17 +62,6 @@ fn observer(c: &mut Criterion) {
         b.iter(|| observe(black_box(&metrics), "session_v3", &Method::POST, 418))
     });
     g.finish();
-}
-
-fn shared() -> Shared {
-    let mut f = FileConfig::default();
-    f.upstream.url = "http://127.0.0.1:9".into();
-    f.api_key.value = Some(Secret("bench-key".into()));
-    // One deviceId throughout: give it a budget the bench cannot spend, so every request takes
-    // the rate limiter's admitted path (its cost included) rather than turning into 429s.
-    f.rate_limit.requests = amity_gateway::ratelimit::MAX_REQUESTS;
-    f.rate_limit.window_secs = 1;
-    Shared::new(f.resolve(&Default::default()).expect("config")).expect("shared")
 }
 
 fn request() -> Request<Full<Bytes>> {

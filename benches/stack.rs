@@ -1,12 +1,15 @@
 //! What does one request cost through the whole tower stack, in-process, with no I/O?
 //! The upstream is an in-memory service answering the spec's session response.
 
+mod support;
+
+use support::shared;
+
 use std::convert::Infallible;
 use std::hint::black_box;
 
-use amity_gateway::config::{FileConfig, Secret};
 use amity_gateway::error::BoxError;
-use amity_gateway::stack::{self, Shared};
+use amity_gateway::stack;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{Request, Response};
@@ -15,17 +18,6 @@ use tower::ServiceExt;
 
 const BODY: &[u8] = br#"{"userId":"user-123","deviceId":"device-abc-0001","deviceInfo":{"kind":"ios","model":"iPhone15,2","sdkVersion":"6.35.3"},"displayName":"Alice","authToken":"tok-xyz"}"#;
 const RESPONSE: &[u8] = include_bytes!("../tests/data/session-response.json");
-
-fn shared() -> Shared {
-    let mut f = FileConfig::default();
-    f.upstream.url = "http://127.0.0.1:9".into();
-    f.api_key.value = Some(Secret("bench-key".into()));
-    // One deviceId throughout: give it a budget the bench cannot spend, so every request takes
-    // the rate limiter's admitted path (its cost included) rather than turning into 429s.
-    f.rate_limit.requests = amity_gateway::ratelimit::MAX_REQUESTS;
-    f.rate_limit.window_secs = 1;
-    Shared::new(f.resolve(&Default::default()).expect("config")).expect("shared")
-}
 
 fn request(body: &'static [u8]) -> Request<Full<Bytes>> {
     Request::post("/api/v3/sessions")

@@ -20,6 +20,8 @@ pub mod server;
 pub mod session;
 pub mod sim;
 pub mod stack;
+#[cfg(test)]
+mod test_util;
 pub mod tls;
 pub mod upstream;
 pub mod wire;

@@ -11,7 +11,6 @@ use common::process::GatewayProcess as Gateway;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use amity_gateway::sim::{SimConfig, Simulator};
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -32,12 +31,7 @@ struct Sent {
 
 #[tokio::test]
 async fn access_lines_are_json_with_every_field_and_no_secret_or_body_is_logged() {
-    let sim = Simulator::new(SimConfig::new(KEY));
-    let sim_handle = sim
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (_sim, sim_handle) = start_sim().await;
     let (mut gw, _dir) = Gateway::start(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n\
          [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n",
@@ -261,12 +255,7 @@ async fn w3c_trace_context_reaches_the_upstream_unchanged() {
 
 #[tokio::test]
 async fn access_false_writes_no_access_line_and_the_rest_is_flushed_at_exit() {
-    let sim = Simulator::new(SimConfig::new(KEY));
-    let sim_handle = sim
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (_sim, sim_handle) = start_sim().await;
     let (mut gw, _dir) = Gateway::start(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n\
          worker_threads = 1\n[upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\naccess = false\n",

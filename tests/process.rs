@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use amity_gateway::sim::{SimConfig, Simulator};
 use common::*;
 use http::{Method, StatusCode};
 
@@ -33,12 +32,7 @@ fn spawn_gateway(sim: SocketAddr, log: &str) -> (GatewayProcess, SocketAddr, tem
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exits_zero() {
-    let sim = Simulator::new(SimConfig::new(KEY));
-    let sim_handle = sim
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (sim, sim_handle) = start_sim().await;
     let (gw, addr, _dir) = spawn_gateway(sim_handle.addr, "info");
     sim.set_latency(Duration::from_millis(2_000));
     let url = format!("http://{addr}/api/v3/sessions");
@@ -77,12 +71,7 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exit
 
 #[tokio::test]
 async fn logs_of_a_whole_run_at_trace_level_hold_no_secret() {
-    let sim = Simulator::new(SimConfig::new(KEY));
-    let sim_handle = sim
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (_sim, sim_handle) = start_sim().await;
     let (gw, addr, _dir) = spawn_gateway(sim_handle.addr, "trace");
     let base = format!("http://{addr}");
     let auth_token = "auth-token-value-9d1e";

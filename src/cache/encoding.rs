@@ -56,14 +56,7 @@ pub fn accepts(request: &HeaderMap, encoding: &HeaderValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
+    use crate::test_util::headers;
 
     #[test]
     fn what_may_be_stored() {

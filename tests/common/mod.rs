@@ -51,18 +51,24 @@ pub fn base_config(sim_addr: SocketAddr) -> FileConfig {
     f
 }
 
+/// A simulator accepting [`KEY`], serving on an ephemeral loopback port.
+pub async fn start_sim() -> (Arc<Simulator>, SimHandle) {
+    let sim = Simulator::new(SimConfig::new(KEY));
+    let handle = sim
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator binds");
+    (sim, handle)
+}
+
 impl TestEnv {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
     pub async fn start_with(edit: impl FnOnce(&mut FileConfig)) -> Self {
-        let sim = Simulator::new(SimConfig::new(KEY));
-        let sim_handle = sim
-            .clone()
-            .spawn("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("simulator binds");
+        let (sim, sim_handle) = start_sim().await;
         let sim_addr = sim_handle.addr;
         let mut file = base_config(sim_addr);
         edit(&mut file);
