@@ -50,9 +50,11 @@
 //! the previous window check its number before and after reading, so a sketch being cleared is
 //! read as empty.
 //!
-//! A request's counts are read first, and one that does not fit is refused without a write.
-//! One that fits is counted, and the increment's own result decides again, so of two racing
-//! requests for a key's last unit exactly one is admitted and the other's count is taken back.
+//! A request is counted in the current window first and the increment's own result decides, so
+//! of two racing requests for a key's last unit exactly one is admitted; a refused request takes
+//! its count back at once, so refusals consume no budget. (Counting first makes the common,
+//! admitted case one pass over the sketch instead of a read and a write; a refusal pays a
+//! second pass to take its count back.)
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -177,37 +179,32 @@ impl SlidingSketch {
     /// Counts one request for `key` if it fits within the limit; if not, leaves the counts as
     /// they were.
     ///
-    /// The counts are read first: a request that does not fit costs no write at all, and the
-    /// reads of both windows' counters overlap their cache misses, so the increment that
-    /// follows hits cache. The increment's own result then decides, so of two racing requests
-    /// for a key's last unit exactly one is admitted; the other's count is taken back.
+    /// The current window is counted first and the increment's own result decides, so of two
+    /// racing requests for a key's last unit exactly one is admitted; a refused request takes
+    /// its count back at once. Admitted requests, the common case, thus make one pass over the
+    /// current window's sketch instead of a read and then a write.
     pub fn acquire<K: Hash>(&self, key: &K, now: Instant) -> Acquired<'_> {
         let hash = self.prehash.hash_one(key);
         let (n, elapsed_ms) = self.locate(now);
         let slot = self.current(n);
-        let mut tally = Tally {
+        let after = slot.sketch.incr(hash, 1).max(1) as u64;
+        let tally = Tally {
             prev: self.previous(n, hash),
-            curr: slot.sketch.get(hash).max(0) as u64,
+            curr: after - 1,
             elapsed_ms,
             window_ms: self.window_ms,
         };
-        let mut acquired = Acquired {
-            admitted: false,
+        let admitted = tally.admits(self.limit);
+        if !admitted {
+            Self::take_back(slot, n, hash);
+        }
+        Acquired {
+            admitted,
             tally,
             slot,
             window: n,
             hash,
-        };
-        if !tally.admits(self.limit) {
-            return acquired;
         }
-        tally.curr = (slot.sketch.incr(hash, 1).max(1) - 1) as u64;
-        acquired.tally = tally;
-        acquired.admitted = tally.admits(self.limit);
-        if !acquired.admitted {
-            Self::take_back(slot, n, hash);
-        }
-        acquired
     }
 
     /// Takes back an admitted request (a later policy refused it).
