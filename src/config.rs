@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,10 +24,20 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+/// The error for a bad value of `key`; every config section reports through it.
+pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         message: message.into(),
+    }
+}
+
+/// `v` if it is greater than 0, else an error naming `key`.
+pub(crate) fn positive(key: &'static str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(v)
     }
 }
 
@@ -398,13 +407,6 @@ impl FileConfig {
             v.parse::<SocketAddr>()
                 .map_err(|e| invalid(key, format!("{v:?}: {e}")))
         };
-        let positive = |key, v: u64| {
-            if v == 0 {
-                Err(invalid(key, "must be greater than 0"))
-            } else {
-                Ok(v)
-            }
-        };
         let api_key = match (&self.api_key.value, &self.api_key.file) {
             (Some(Secret(v)), _) if !v.trim().is_empty() => {
                 crate::layers::api_key::header_value(v.trim()).map_err(|m| invalid("api_key.value", m))?;
@@ -538,11 +540,6 @@ fn parse_base(url: &str) -> Result<Uri, ConfigError> {
         ));
     }
     Ok(uri)
-}
-
-/// `NonZeroU32` helper for sections that need one.
-pub fn non_zero(key: &'static str, v: u32) -> Result<NonZeroU32, ConfigError> {
-    NonZeroU32::new(v).ok_or_else(|| invalid(key, "must be greater than 0"))
 }
 
 #[cfg(test)]

@@ -248,10 +248,6 @@ pub enum GatewayError {
     UpstreamProtocol(#[source] BoxError),
     #[error("upstream response too large")]
     UpstreamTooLarge,
-    #[error("request timed out")]
-    Timeout,
-    #[error("overloaded")]
-    Overloaded,
 }
 
 impl GatewayError {
@@ -259,9 +255,8 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             GatewayError::UpstreamConnect(_) => "connect",
-            GatewayError::UpstreamTimeout | GatewayError::Timeout => "timeout",
+            GatewayError::UpstreamTimeout => "timeout",
             GatewayError::UpstreamProtocol(_) | GatewayError::UpstreamTooLarge => "protocol",
-            GatewayError::Overloaded => "overloaded",
         }
     }
 }
@@ -277,8 +272,7 @@ pub fn rescue(err: &BoxError) -> ApiError {
             GatewayError::UpstreamTooLarge => {
                 ApiError::BadGateway("upstream response too large".into())
             }
-            GatewayError::UpstreamTimeout | GatewayError::Timeout => ApiError::GatewayTimeout,
-            GatewayError::Overloaded => ApiError::Overloaded { retry_after: 1 },
+            GatewayError::UpstreamTimeout => ApiError::GatewayTimeout,
         };
     }
     if err.is::<tower::timeout::error::Elapsed>() {

@@ -51,7 +51,7 @@ use stats::{CacheResult, CacheStats, Counters};
 use store::{Entry, Store};
 use tokens::{DeviceHash, Partition, TokenHash, TokenRegistry};
 use view::{Loose, SessionAnswer, UsersAnswer};
-use watermark::{now_us, parse_date, Advance, Watermark};
+use watermark::{micros, now_us, parse_date, Advance, Watermark};
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -97,10 +97,6 @@ pub struct SessionPending {
     partition: Partition,
     user_id: Box<str>,
     device: DeviceHash,
-}
-
-fn micros(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// The bytes of a collected body (a `Full` yields its one frame at once).

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{invalid, positive, ConfigError};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,22 +64,8 @@ pub struct CacheConfig {
     pub purge_margin: Duration,
 }
 
-fn invalid(key: &'static str, message: &str) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.to_owned(),
-    }
-}
-
 impl CacheFile {
     pub fn resolve(&self) -> Result<CacheConfig, ConfigError> {
-        let positive = |key, v: u64| {
-            if v == 0 {
-                Err(invalid(key, "must be greater than 0"))
-            } else {
-                Ok(v)
-            }
-        };
         let max_entries = positive("cache.max_entries", self.max_entries)?;
         let max_bytes = positive("cache.max_bytes", self.max_bytes)?;
         if max_bytes < max_entries {

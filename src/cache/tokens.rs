@@ -21,7 +21,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
-use super::watermark::now_us;
+use super::watermark::{micros, now_us};
 
 /// The SHA-256 of a bearer token. Its `Debug` shows nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,7 +139,7 @@ impl TokenRegistry {
                 .max_capacity(max_tokens)
                 .expire_after(AtDate)
                 .build(),
-            proven_ttl_us: i64::try_from(proven_ttl.as_micros()).unwrap_or(i64::MAX),
+            proven_ttl_us: micros(proven_ttl),
         }
     }
 

@@ -18,9 +18,14 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// Now on the gateway's wall clock, in microseconds since the Unix epoch.
+/// A duration in whole microseconds, saturating.
+pub fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 pub fn now_us() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Ok(d) => micros(d),
         Err(_) => 0,
     }
 }
@@ -54,7 +59,7 @@ impl Watermark {
     pub fn new(margin: std::time::Duration) -> Self {
         Self {
             at_us: AtomicI64::new(i64::MIN),
-            margin_us: i64::try_from(margin.as_micros()).unwrap_or(i64::MAX),
+            margin_us: micros(margin),
         }
     }
 

@@ -135,8 +135,8 @@ fn only_upstream_errors_are_counted_by_kind() {
         GatewayError::UpstreamTimeout.into(),
         GatewayError::UpstreamTooLarge.into(),
         GatewayError::UpstreamProtocol("reset".into()).into(),
-        GatewayError::Overloaded.into(),
-        GatewayError::Timeout.into(),
+        tower::load_shed::error::Overloaded::new().into(),
+        tower::timeout::error::Elapsed::new().into(),
         "something else".into(),
     ];
     for e in &errs {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, Secret};
+use crate::config::{invalid, ConfigError, Secret};
 
 /// Largest `requests` accepted: keeps the sliding-window arithmetic (`requests × window_ms`)
 /// exact in the Redis script, whose Lua numbers are doubles.
@@ -201,13 +201,6 @@ pub struct RateLimitConfig {
     /// `Some` when `backend = "redis"`.
     pub redis: Option<RedisConfig>,
     pub on_backend_error: OnBackendError,
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
 }
 
 impl RateLimitFile {
