@@ -136,11 +136,12 @@ fn run(slots: usize) {
         elapsed.as_nanos() as f64 / decisions as f64
     );
     // The first request of a window clears the sketch of the window before last.
-    let origin = tokio::time::Instant::now();
+    let origin = amity_gateway::ratelimit::now_ms();
     let sketch = SlidingSketch::new(config.session, config.sketch, origin);
     sketch.acquire(&"warm", origin);
     let t = Instant::now();
-    sketch.acquire(&"rotate", origin + 2 * config.session.window);
+    let two_windows = 2 * config.session.window.as_millis() as u64;
+    sketch.acquire(&"rotate", origin + two_windows);
     println!(
         "  window rotation (clearing one sketch): {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3

@@ -61,7 +61,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_limits::estimator::Estimator;
-use tokio::time::Instant;
 
 use super::{Decision, Key, Quota, SketchSize, Source, Standing, Tally};
 
@@ -80,7 +79,8 @@ pub struct SlidingSketch {
     /// Turns a key into 64 bits once per decision, so the sketch's rows hash a `u64` rather
     /// than re-reading the key. Randomly seeded: nobody can pick ids that collide on purpose.
     prehash: ahash::RandomState,
-    origin: Instant,
+    /// Start of the first fixed window, on [`super::now_ms`]'s clock.
+    origin_ms: u64,
     window_ms: u64,
     limit: u32,
 }
@@ -97,8 +97,8 @@ pub struct Acquired<'a> {
 }
 
 impl SlidingSketch {
-    /// `origin` is the start of the first fixed window.
-    pub fn new(quota: Quota, size: SketchSize, origin: Instant) -> Self {
+    /// `origin_ms` is the start of the first fixed window (see [`super::now_ms`]).
+    pub fn new(quota: Quota, size: SketchSize, origin_ms: u64) -> Self {
         let window_ms = u64::try_from(quota.window.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -111,7 +111,7 @@ impl SlidingSketch {
         Self {
             slots: [slot(0), slot(1)],
             prehash: ahash::RandomState::new(),
-            origin,
+            origin_ms,
             window_ms,
             limit: quota.requests.get(),
         }
@@ -121,10 +121,9 @@ impl SlidingSketch {
         self.limit
     }
 
-    /// The fixed window containing `now`, and the milliseconds elapsed in it.
-    fn locate(&self, now: Instant) -> (u64, u64) {
-        let ms = u64::try_from(now.saturating_duration_since(self.origin).as_millis())
-            .unwrap_or(u64::MAX - 1);
+    /// The fixed window containing `now_ms`, and the milliseconds elapsed in it.
+    fn locate(&self, now_ms: u64) -> (u64, u64) {
+        let ms = now_ms.saturating_sub(self.origin_ms).min(u64::MAX - 1);
         (ms / self.window_ms + 1, ms % self.window_ms)
     }
 
@@ -183,13 +182,16 @@ impl SlidingSketch {
     /// racing requests for a key's last unit exactly one is admitted; a refused request takes
     /// its count back at once. Admitted requests, the common case, thus make one pass over the
     /// current window's sketch instead of a read and then a write.
-    pub fn acquire<K: Hash>(&self, key: &K, now: Instant) -> Acquired<'_> {
+    pub fn acquire<K: Hash>(&self, key: &K, now_ms: u64) -> Acquired<'_> {
         let hash = self.prehash.hash_one(key);
-        let (n, elapsed_ms) = self.locate(now);
+        let (n, elapsed_ms) = self.locate(now_ms);
+        // The previous window is read first: its loads can overlap the increments, which the
+        // processor must otherwise finish first (each is a locked instruction).
+        let prev = self.previous(n, hash);
         let slot = self.current(n);
         let after = slot.sketch.incr(hash, 1).max(1) as u64;
         let tally = Tally {
-            prev: self.previous(n, hash),
+            prev,
             curr: after - 1,
             elapsed_ms,
             window_ms: self.window_ms,
@@ -223,13 +225,14 @@ impl SlidingSketch {
 
     /// Counts one request for `key` whatever the limit says (another backend admitted it), and
     /// returns the counts before it.
-    pub fn record<K: Hash>(&self, key: &K, now: Instant) -> Tally {
+    pub fn record<K: Hash>(&self, key: &K, now_ms: u64) -> Tally {
         let hash = self.prehash.hash_one(key);
-        let (n, elapsed_ms) = self.locate(now);
+        let (n, elapsed_ms) = self.locate(now_ms);
+        let prev = self.previous(n, hash);
         let slot = self.current(n);
         let after = slot.sketch.incr(hash, 1).max(1) as u64;
         Tally {
-            prev: self.previous(n, hash),
+            prev,
             curr: after - 1,
             elapsed_ms,
             window_ms: self.window_ms,
@@ -244,10 +247,10 @@ pub struct LocalLimiter {
 }
 
 impl LocalLimiter {
-    pub fn new(session: Quota, per_ip: Option<Quota>, size: SketchSize, origin: Instant) -> Self {
+    pub fn new(session: Quota, per_ip: Option<Quota>, size: SketchSize, origin_ms: u64) -> Self {
         Self {
-            session: SlidingSketch::new(session, size, origin),
-            per_ip: per_ip.map(|q| SlidingSketch::new(q, size, origin)),
+            session: SlidingSketch::new(session, size, origin_ms),
+            per_ip: per_ip.map(|q| SlidingSketch::new(q, size, origin_ms)),
         }
     }
 
@@ -257,9 +260,9 @@ impl LocalLimiter {
 
     /// Admits the request if every policy has room, counting it in each; otherwise counts it
     /// nowhere.
-    pub fn acquire(&self, key: Key<'_>, now: Instant, source: Source) -> Decision {
+    pub fn acquire(&self, key: Key<'_>, now_ms: u64, source: Source) -> Decision {
         let limit = self.session.limit();
-        let dev = self.session.acquire(&key.device, now);
+        let dev = self.session.acquire(&key.device, now_ms);
         if !dev.admitted {
             return Decision {
                 allowed: false,
@@ -270,7 +273,7 @@ impl LocalLimiter {
         }
         let ip = match self.ip_sketch(key.ip) {
             Some((sketch, addr)) => {
-                let got = sketch.acquire(&addr, now);
+                let got = sketch.acquire(&addr, now_ms);
                 if !got.admitted {
                     self.session.undo(&dev);
                     return Decision {
@@ -293,14 +296,14 @@ impl LocalLimiter {
     }
 
     /// Counts a request another backend admitted; returns where the keys stand locally.
-    pub fn record(&self, key: Key<'_>, now: Instant) -> (Standing, Option<Standing>) {
+    pub fn record(&self, key: Key<'_>, now_ms: u64) -> (Standing, Option<Standing>) {
         let session = self
             .session
-            .record(&key.device, now)
+            .record(&key.device, now_ms)
             .standing(self.session.limit(), true);
         let ip = self
             .ip_sketch(key.ip)
-            .map(|(sketch, addr)| sketch.record(&addr, now).standing(sketch.limit(), true));
+            .map(|(sketch, addr)| sketch.record(&addr, now_ms).standing(sketch.limit(), true));
         (session, ip)
     }
 }
@@ -330,9 +333,9 @@ mod tests {
 
     #[test]
     fn ten_fit_the_eleventh_is_refused_and_refusals_cost_nothing() {
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         let l = LocalLimiter::new(quota(10, 60), None, SMALL, t0);
-        let now = t0 + Duration::from_secs(1);
+        let now = t0 + 1_000;
         for i in 0..10 {
             let d = l.acquire(key("a"), now, Source::Local);
             assert!(d.allowed, "request {i}");
@@ -347,34 +350,34 @@ mod tests {
         }
         assert!(l.acquire(key("b"), now, Source::Local).allowed);
         // The refusals were not counted: the budget returns exactly on schedule.
-        let later = t0 + Duration::from_secs(66);
+        let later = t0 + 66_000;
         assert!(l.acquire(key("a"), later, Source::Local).allowed);
         assert!(!l.acquire(key("a"), later, Source::Local).allowed);
     }
 
     #[test]
     fn the_previous_window_is_weighted_and_two_windows_later_forgotten() {
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         let s = SlidingSketch::new(quota(10, 10), SMALL, t0);
         for _ in 0..10 {
             assert!(s.acquire(&"d", t0).admitted);
         }
         // Halfway through the next window half of the previous one still counts.
-        let half = t0 + Duration::from_secs(15);
+        let half = t0 + 15_000;
         let got: usize = (0..10).filter(|_| s.acquire(&"d", half).admitted).count();
         assert_eq!(got, 5);
         // Two windows on, the sketch of the first was cleared and reused.
-        let t2 = t0 + Duration::from_secs(20);
+        let t2 = t0 + 20_000;
         let got: usize = (0..20).filter(|_| s.acquire(&"d", t2).admitted).count();
         assert_eq!(got, 5, "window 2's five weigh fully at its end");
-        let t4 = t0 + Duration::from_secs(45);
+        let t4 = t0 + 45_000;
         assert_eq!(s.acquire(&"d", t4).tally.prev, 0, "window 3 was empty");
         assert_eq!(s.acquire(&"d", t4).tally.curr, 1);
     }
 
     #[test]
     fn a_per_ip_refusal_takes_back_the_device_count() {
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         let l = LocalLimiter::new(quota(10, 60), Some(quota(3, 60)), SMALL, t0);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for d in ["a", "b", "c"] {
@@ -407,7 +410,7 @@ mod tests {
 
     #[test]
     fn concurrent_requests_for_one_key_never_exceed_the_limit() {
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         let s = std::sync::Arc::new(SlidingSketch::new(quota(1000, 60), SMALL, t0));
         let admitted: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..4)
@@ -423,7 +426,7 @@ mod tests {
 
     #[test]
     fn recorded_requests_count_against_later_local_decisions() {
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         let l = LocalLimiter::new(quota(3, 60), None, SMALL, t0);
         for _ in 0..3 {
             l.record(key("r"), t0);

@@ -25,14 +25,22 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::time::Instant;
-
 pub use config::{
     BackendKind, OnBackendError, PerIpFile, Quota, RateLimitConfig, RateLimitFile, RedisConfig,
     RedisFile, SketchSize, MAX_REQUESTS, MAX_WINDOW_SECS,
 };
 use local::LocalLimiter;
 use redis::RedisLimiter;
+
+/// The limiter's clock, in milliseconds: the system's coarse monotonic clock (on Linux
+/// `CLOCK_MONOTONIC_COARSE`, a few milliseconds of resolution, read without a hardware timer).
+/// Windows are seconds long, so a few milliseconds of error moves a request by at most that
+/// much of one request's weight in the sliding estimate; in exchange the clock read is a few
+/// nanoseconds instead of twenty.
+pub fn now_ms() -> u64 {
+    let ticks = coarsetime::Instant::now_without_cache_update().as_ticks();
+    coarsetime::Duration::from_ticks(ticks).as_millis()
+}
 
 /// What a decision is about: the validated deviceId and, when the per-IP limit is on, the
 /// client's IP.
@@ -271,7 +279,7 @@ impl RateLimiter {
             session: cfg.session,
             per_ip: cfg.per_ip,
             trusted_hops: cfg.trusted_hops,
-            local: LocalLimiter::new(cfg.session, cfg.per_ip, cfg.sketch, Instant::now()),
+            local: LocalLimiter::new(cfg.session, cfg.per_ip, cfg.sketch, now_ms()),
             redis,
             on_error: cfg.on_backend_error,
             stats: Arc::new(RateLimitStats::new(if cfg.redis.is_some() {
@@ -307,7 +315,7 @@ impl RateLimiter {
 
     /// Decides with the local sketches, synchronously: the path of the `local` backend.
     pub fn decide_local(&self, key: Key<'_>) -> Decision {
-        let d = self.local.acquire(key, Instant::now(), Source::Local);
+        let d = self.local.acquire(key, now_ms(), Source::Local);
         self.stats.count(&d);
         d
     }
@@ -324,7 +332,7 @@ impl RateLimiter {
                 }
                 if d.allowed {
                     // Keep the local history current for when Redis fails.
-                    self.local.record(key, Instant::now());
+                    self.local.record(key, now_ms());
                 }
                 d
             }
@@ -343,7 +351,7 @@ impl RateLimiter {
     }
 
     fn fallback(&self, key: Key<'_>) -> Decision {
-        let now = Instant::now();
+        let now = now_ms();
         match self.on_error {
             OnBackendError::Local => self.local.acquire(key, now, Source::Fallback),
             OnBackendError::Allow => {
