@@ -106,10 +106,11 @@ pub async fn serve<S>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let client = ClientAddr::new(peer);
         let svc = service
             .clone()
             .map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
+                req.extensions_mut().insert(client.clone());
                 req
             });
         // Taken here, not in the task: a shutdown that starts during the handshake still

@@ -43,7 +43,7 @@ impl Entry {
 }
 
 pub struct Store {
-    cache: Cache<Key, Arc<Entry>>,
+    cache: Cache<Key, Arc<Entry>, ahash::RandomState>,
 }
 
 impl Store {
@@ -58,7 +58,7 @@ impl Store {
             })
             .time_to_live(cfg.ttl)
             .support_invalidation_closures()
-            .build();
+            .build_with_hasher(ahash::RandomState::new());
         Self { cache }
     }
 

@@ -123,8 +123,8 @@ impl<K, V: ExpiresAt> Expiry<K, V> for AtDate {
 }
 
 pub struct TokenRegistry {
-    tokens: Cache<TokenHash, TokenRecord>,
-    devices: Cache<DeviceHash, DeviceRecord>,
+    tokens: Cache<TokenHash, TokenRecord, ahash::RandomState>,
+    devices: Cache<DeviceHash, DeviceRecord, ahash::RandomState>,
     proven_ttl_us: i64,
 }
 
@@ -134,11 +134,11 @@ impl TokenRegistry {
             tokens: Cache::builder()
                 .max_capacity(max_tokens)
                 .expire_after(AtDate)
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             devices: Cache::builder()
                 .max_capacity(max_tokens)
                 .expire_after(AtDate)
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             proven_ttl_us: micros(proven_ttl),
         }
     }

@@ -19,9 +19,26 @@ use tower::{Layer, Service};
 
 use crate::error::{Body, BoxError};
 
-/// The client's socket address, set by the server on every request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
+/// The client's socket address, set by the server on every request, with its IP rendered for
+/// `x-forwarded-for` once per connection rather than once per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddr {
+    addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            // An IP address is always a valid header value.
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { addr, ip }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -141,8 +158,8 @@ where
         // Host from the URI's authority and Content-Length from the body.
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
-            append_forwarded_for(headers, peer.ip());
+        if let Some(client) = parts.extensions.get::<ClientAddr>() {
+            append_forwarded_for(headers, &client.ip);
         }
         self.inner
             .call(Request::from_parts(parts, Full::new(body)))
@@ -151,7 +168,12 @@ where
 }
 
 /// Appends `ip` to the (possibly repeated) `x-forwarded-for`, folding it into one header.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        return;
+    }
+    let ip = ip.to_str().unwrap_or("unknown");
     let mut prior = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -217,8 +239,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        let client = ClientAddr::new("127.0.0.1:5000".parse().unwrap());
+        append_forwarded_for(&mut h, &client.ip);
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        let mut h = HeaderMap::new();
+        let client = ClientAddr::new("[2001:db8::1]:5000".parse().unwrap());
+        append_forwarded_for(&mut h, &client.ip);
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");
     }
 }

@@ -127,7 +127,7 @@ where
         let ip = match limiter.per_ip_quota() {
             Some(_) => client_ip(
                 req.headers(),
-                req.extensions().get::<ClientAddr>().map(|c| c.0),
+                req.extensions().get::<ClientAddr>().map(ClientAddr::addr),
                 limiter.trusted_hops(),
             ),
             None => None,

@@ -18,9 +18,10 @@ pub struct AccessLine<'a> {
     pub method: &'a str,
     pub route: &'a str,
     pub status: u16,
-    pub duration_ms: f64,
-    /// Absent from the line when the upstream was not called.
-    pub upstream_ms: Option<f64>,
+    /// Written as `duration_ms` with three decimals.
+    pub duration_us: u64,
+    /// Written as `upstream_ms`; absent from the line when the upstream was not called.
+    pub upstream_us: Option<u64>,
     pub rate_limit: &'a str,
     pub cache: &'a str,
 }
@@ -51,7 +52,44 @@ fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
         }
         out.extend_from_slice(text);
     });
-    let _ = write!(out, ".{:06}Z", since.subsec_micros());
+    out.push(b'.');
+    push_padded(out, u64::from(since.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// `n` in decimal. (Integers by hand: `fmt` machinery and float formatting cost more than the
+/// rest of the line.)
+fn push_uint(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// The last `width` decimal digits of `n`, zero-padded.
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    let mut n = n;
+    for d in out[start..].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Microseconds as milliseconds with three decimals.
+fn push_millis(out: &mut Vec<u8>, us: u64) {
+    push_uint(out, us / 1000);
+    out.push(b'.');
+    push_padded(out, us % 1000, 3);
 }
 
 /// `s` as a JSON string, quotes included.
@@ -91,13 +129,13 @@ impl AccessLine<'_> {
         push_str(out, self.method);
         out.extend_from_slice(b",\"route\":");
         push_str(out, self.route);
-        let _ = write!(
-            out,
-            ",\"status\":{},\"duration_ms\":{}",
-            self.status, self.duration_ms
-        );
-        if let Some(ms) = self.upstream_ms {
-            let _ = write!(out, ",\"upstream_ms\":{ms}");
+        out.extend_from_slice(b",\"status\":");
+        push_uint(out, u64::from(self.status));
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_millis(out, self.duration_us);
+        if let Some(us) = self.upstream_us {
+            out.extend_from_slice(b",\"upstream_ms\":");
+            push_millis(out, us);
         }
         out.extend_from_slice(b",\"rate_limit\":");
         push_str(out, self.rate_limit);
@@ -134,8 +172,8 @@ mod tests {
             method: "POST",
             route: "session_v3",
             status: 200,
-            duration_ms: 0.125,
-            upstream_ms: Some(0.1),
+            duration_us: 125,
+            upstream_us: Some(100),
             rate_limit: "allowed",
             cache: "none",
         };
@@ -155,12 +193,24 @@ mod tests {
         // The cached second is not reused for the next one.
         let v = line(
             &AccessLine {
-                upstream_ms: None,
+                upstream_us: None,
+                duration_us: 12_345_678,
+                status: 7,
                 ..l
             },
             at + Duration::from_secs(1),
         );
         assert_eq!(v["timestamp"], "2025-11-26T08:30:35.000042Z");
         assert!(v.get("upstream_ms").is_none());
+        assert_eq!(v["duration_ms"], 12_345.678);
+        assert_eq!(v["status"], 7);
+        let v = line(
+            &AccessLine {
+                duration_us: 0,
+                ..l
+            },
+            at,
+        );
+        assert_eq!(v["duration_ms"], 0.0);
     }
 }
