@@ -32,8 +32,8 @@ pub struct RateLimitFile {
     pub on_backend_error: OnBackendError,
     /// Rows of the count-min sketch (independent hashes). Default 4.
     pub sketch_hashes: usize,
-    /// Counters per row of the count-min sketch. Default 262144 (2^18); with 4 rows the two
-    /// windows take 16 MiB. See `ratelimit::local` for the over-count bound.
+    /// Counters per row of the count-min sketch. Default 1048576 (2^20); with 4 rows the two
+    /// windows take 64 MiB. See `ratelimit::local` for the over-count bound.
     pub sketch_slots: usize,
     pub redis: RedisFile,
     pub per_ip: PerIpFile,
@@ -48,7 +48,7 @@ impl Default for RateLimitFile {
             backend: BackendKind::Local,
             on_backend_error: OnBackendError::Local,
             sketch_hashes: 4,
-            sketch_slots: 1 << 18,
+            sketch_slots: 1 << 20,
             redis: RedisFile::default(),
             per_ip: PerIpFile::default(),
         }
@@ -300,7 +300,7 @@ mod tests {
             c.sketch,
             SketchSize {
                 hashes: 4,
-                slots: 262_144
+                slots: 1 << 20
             }
         );
     }

@@ -6,7 +6,7 @@
 //! of `sketch_slots` counters, each row with its own random hash), and its count is read as the
 //! smallest of its counters. Hence:
 //!
-//! - memory is `2 × hashes × slots × 8` bytes per policy, fixed at start-up (16 MiB with the
+//! - memory is `2 × hashes × slots × 8` bytes per policy, fixed at start-up (64 MiB with the
 //!   defaults) and independent of the number of distinct keys;
 //! - nothing is ever evicted: a flood of new ids can only add to counters, never remove a
 //!   device's count, so it cannot reset anyone's budget. Collisions can only over-count.
@@ -14,32 +14,40 @@
 //! ## Over-count bound
 //!
 //! A key's estimate is its true count plus, in every row, the counts of the other keys that
-//! share its counter; the sketch keeps the smallest, so the excess is the minimum of `hashes`
-//! independent loads. With `N` requests counted in the sliding window (`prev × share + curr`
-//! over all keys) spread over `slots` counters, a counter's load from other keys is about
-//! Poisson(λ = N / slots), and
+//! share its counter; the sketch keeps the smallest. With `K` distinct keys counted in the
+//! sliding window spread over `slots` counters per row, the other keys in one of a key's
+//! counters number about Poisson(`K / slots`), so
 //!
 //! ```text
-//! P(excess ≥ k) ≈ P(Poisson(λ) ≥ k) ^ hashes
+//! P(a key shares a counter with another key in every row) ≈ (1 − e^(−K / slots)) ^ hashes
 //! ```
 //!
-//! A device that has made `n` of its `q` requests is refused early when the excess reaches
-//! `q − n + 1`. For the defaults (4 × 262,144, λ = N / 262,144):
+//! and such a key is over-counted by at least the smallest of those other keys' counts. A
+//! device that has made `n` of its `q` requests is refused early when the excess reaches
+//! `q − n + 1`. Two regimes matter:
 //!
-//! | counted requests N in the window | excess ≥ 1 (refused at its q-th) | excess ≥ 6 (refused at its 5th of 10) |
+//! - a flood of new ids, one request each: the excess is the number of sharing keys, and
+//!   `P(excess ≥ k) ≈ P(Poisson(K / slots) ≥ k) ^ hashes`;
+//! - many devices each making several requests: one sharing key is enough to add its whole
+//!   count, so a device is refused early with about the probability above as soon as it and its
+//!   neighbours together pass `q`.
+//!
+//! For the defaults (4 × 1,048,576):
+//!
+//! | distinct keys K in the window | shared in every row (refused at its q-th; or early, if its neighbours are busy) | flood: excess ≥ 6 (refused at its 5th of 10) |
 //! | --- | --- | --- |
-//! | 10,000 | 2·10⁻⁶ | 3·10⁻⁴⁶ |
-//! | 100,000 | 1.0·10⁻² | 9·10⁻²³ |
-//! | 1,000,000 | 0.92 | 1.2·10⁻³ |
+//! | 10,000 | 8·10⁻⁹ | 10⁻⁶⁰ |
+//! | 100,000 | 7·10⁻⁵ | 9·10⁻³⁷ |
+//! | 1,000,000 | 0.14 | 5·10⁻¹⁴ |
 //!
-//! So with the defaults a device's last unit is exact for all but a few in a million devices
-//! up to 10,000 counted session registrations per window; at 100,000 (1,700/s with the 60 s
-//! default) one device in a hundred is refused at its 10th request, while a device that uses
-//! half its budget is never affected; and through a flood of a million new ids in one window a
-//! device that has made 5 of its 10 requests is refused early about once in a thousand (the
-//! flood benchmark, `benches/limiter_flood.rs`, measures both cases). Refused requests are not
-//! counted, so a single abusive device adds at most `q` to N. Quadrupling `sketch_slots`
-//! divides λ by four (at 2^20 and a million: 0.14 at the 10th request, 5·10⁻¹⁴ at the 5th).
+//! Measured (`benches/limiter_flood.rs`): 100,000 devices making 6 of their 10 requests each,
+//! round-robin, 6 wrongly refused (0.006 %); through a flood of a million new ids, devices that
+//! make 5 of 10 never refused, devices that make exactly 10 refused at their 10th in 12 %. At a
+//! quarter of the width (4 × 262,144, 16 MiB) the first case refuses 1 % of the devices, the
+//! reason the default is 2^20: a benchmark or a busy edge (100,000 devices each registering a
+//! session every ten seconds) is exactly that case. Refused requests are not counted, so a
+//! single abusive device adds at most `q` to anyone's estimate. Quadrupling `sketch_slots`
+//! divides `K / slots` by four.
 //!
 //! ## Windows and concurrency
 //!
