@@ -9,6 +9,9 @@
 //!
 //! Run: `cargo bench --bench cache -- --warm-up-time 1 --measurement-time 3`
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 mod support;
 
 use std::convert::Infallible;

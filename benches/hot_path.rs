@@ -6,6 +6,9 @@
 //!
 //! `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 3`
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 use std::hint::black_box;
 use std::sync::Arc;
 

@@ -10,6 +10,9 @@
 //! All requests fall in one 60 s window (the flood takes well under a second per size), the
 //! worst case for the sketch: every flood request is still counted when the light devices ask.
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 use std::fmt::Write;
 use std::time::Instant;
 

@@ -10,6 +10,9 @@
 //! Futures are polled once with `now_or_never` inside the runtime's context: everything here
 //! completes without waiting, so no executor overhead dilutes the difference.
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 mod support;
 
 use support::shared;

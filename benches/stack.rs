@@ -1,6 +1,9 @@
 //! What does one request cost through the whole tower stack, in-process, with no I/O?
 //! The upstream is an in-memory service answering the spec's session response.
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 mod support;
 
 use support::shared;

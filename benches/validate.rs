@@ -1,5 +1,8 @@
 //! How much does parsing + validating a session body cost? (v3/v5, valid and invalid)
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 use std::hint::black_box;
 
 use amity_gateway::session::{validate, ApiVersion, Rules};

@@ -1,0 +1,5 @@
+//! The allocator the binary ships with (`src/main.rs`), so that the benches measure what runs:
+//! allocation costs on the request path, and the rate-limit sketch on transparent huge pages.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
