@@ -199,7 +199,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut res) = futures_util::ready!(this.inner.poll(cx));
-        let secs = this.start.elapsed().as_secs_f64();
+        let elapsed = this.start.elapsed();
+        let secs = elapsed.as_secs_f64();
         let outcome = res
             .extensions()
             .get::<Outcome>()
@@ -213,8 +214,8 @@ where
                 method: this.method.as_str(),
                 route: this.route,
                 status,
-                duration_us: (secs * 1e6) as u64,
-                upstream_us: outcome.upstream_secs.map(|s| (s * 1e6) as u64),
+                duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                upstream_us: outcome.upstream_secs.map(|s| (s * 1e6).round() as u64),
                 rate_limit: outcome.rate_limit.unwrap_or("none"),
                 cache: outcome.cache.unwrap_or("none"),
             },

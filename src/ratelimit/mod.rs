@@ -33,13 +33,16 @@ use local::LocalLimiter;
 use redis::RedisLimiter;
 
 /// The limiter's clock, in milliseconds: the system's coarse monotonic clock (on Linux
-/// `CLOCK_MONOTONIC_COARSE`, a few milliseconds of resolution, read without a hardware timer).
-/// Windows are seconds long, so a few milliseconds of error moves a request by at most that
-/// much of one request's weight in the sliding estimate; in exchange the clock read is a few
-/// nanoseconds instead of twenty.
+/// `CLOCK_MONOTONIC_COARSE`, which advances once per kernel tick, 1 to 10 ms, and is read
+/// without a hardware timer: a few nanoseconds instead of twenty). An error of `δ` moves the
+/// weight of the previous window's requests by `δ / window` and a request across a window
+/// boundary at most `δ` early or late: a fraction of a percent for windows of a second or
+/// more. (Not tokio's clock: no test pauses time for the limiter; its unit tests pass
+/// milliseconds explicitly.)
 pub fn now_ms() -> u64 {
-    let ticks = coarsetime::Instant::now_without_cache_update().as_ticks();
-    coarsetime::Duration::from_ticks(ticks).as_millis()
+    let now = coarsetime::Instant::now_without_cache_update();
+    now.duration_since(coarsetime::Instant::from_ticks(0))
+        .as_millis()
 }
 
 /// What a decision is about: the validated deviceId and, when the per-IP limit is on, the
