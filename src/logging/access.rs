@@ -60,18 +60,8 @@ fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
 /// `n` in decimal. (Integers by hand: `fmt` machinery and float formatting cost more than the
 /// rest of the line.)
 fn push_uint(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    let digits = n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    push_padded(out, n, digits);
 }
 
 /// The last `width` decimal digits of `n`, zero-padded.
@@ -212,5 +202,19 @@ mod tests {
             at,
         );
         assert_eq!(v["duration_ms"], 0.0);
+    }
+
+    #[test]
+    fn integers_at_their_edges() {
+        for n in [0, 9, 10, 99, 100, 1_000_001, u64::MAX] {
+            let mut out = Vec::new();
+            push_uint(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        let mut out = Vec::new();
+        push_millis(&mut out, 1_001);
+        out.push(b' ');
+        push_millis(&mut out, 249);
+        assert_eq!(out, b"1.001 0.249");
     }
 }
