@@ -19,6 +19,7 @@ use support::shared;
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
 use amity_gateway::error::BoxError;
 use amity_gateway::layers::trace::{Finished, Observer, Outcome};
@@ -42,7 +43,7 @@ fn observe(o: &dyn Observer, route: &'static str, method: &Method, status: u16) 
         status,
         secs: black_box(0.012),
         outcome: Outcome {
-            upstream_secs: Some(black_box(0.010)),
+            upstream: Some(black_box(Duration::from_millis(10))),
             ..Outcome::default()
         },
     });
@@ -83,7 +84,7 @@ fn whole_stack(c: &mut Criterion) {
     // Like the real upstream client: the answer carries the exchange's duration.
     let upstream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
         let mut res = Response::new(Full::new(Bytes::from_static(ANSWER)));
-        Outcome::of(&mut res).upstream_secs = Some(0.010);
+        Outcome::of(&mut res).upstream = Some(Duration::from_millis(10));
         Ok::<_, BoxError>(res)
     });
     let with = shared();

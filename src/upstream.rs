@@ -115,7 +115,7 @@ impl Service<Request<Full<Bytes>>> for Upstream {
             };
             match tokio::time::timeout(timeout, exchange).await {
                 Ok(Ok(mut res)) => {
-                    Outcome::of(&mut res).upstream_secs = Some(start.elapsed().as_secs_f64());
+                    Outcome::of(&mut res).upstream = Some(start.elapsed());
                     Ok(res)
                 }
                 Ok(Err(e)) => Err(e.into()),

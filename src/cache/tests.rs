@@ -1,5 +1,7 @@
 //! The cache's decisions in-process: races with purges and sessions, TTL, odd dates.
 
+use std::time::Duration;
+
 use super::*;
 use crate::cache::settings::CacheFile;
 use http::header::ACCEPT_ENCODING;
@@ -88,12 +90,15 @@ fn the_miss_outcome_keeps_what_other_layers_noted() {
     };
     let mut res = answer("{}");
     res.extensions_mut().insert(Outcome {
-        upstream_secs: Some(0.5),
+        upstream: Some(Duration::from_millis(500)),
         ..Outcome::default()
     });
     c.finish(p, &mut res);
     let o = res.extensions().get::<Outcome>().unwrap();
-    assert_eq!((o.cache, o.upstream_secs), (Some("MISS"), Some(0.5)));
+    assert_eq!(
+        (o.cache, o.upstream),
+        (Some("MISS"), Some(Duration::from_millis(500)))
+    );
 }
 
 #[test]

@@ -17,12 +17,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// Now on the gateway's wall clock, in microseconds since the Unix epoch.
 /// A duration in whole microseconds, saturating.
 pub fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Now on the gateway's wall clock, in microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => micros(d),

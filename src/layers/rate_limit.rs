@@ -276,6 +276,8 @@ fn parse_addr(s: &str) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn xff(values: &[&str]) -> HeaderMap {
@@ -342,7 +344,7 @@ mod tests {
         RateLimitLayer::new(limiter).layer(tower::service_fn(|_req: Request<Bytes>| {
             let mut res = Response::new(Body::default());
             res.extensions_mut().insert(Outcome {
-                upstream_secs: Some(0.25),
+                upstream: Some(Duration::from_millis(250)),
                 ..Outcome::default()
             });
             futures_util::future::ready(Ok::<_, BoxError>(res))
@@ -367,13 +369,13 @@ mod tests {
         let res = call(session("d")).unwrap();
         let outcome = res.extensions().get::<Outcome>().unwrap();
         assert_eq!(outcome.rate_limit, Some("allowed"));
-        assert_eq!(outcome.upstream_secs, Some(0.25));
+        assert_eq!(outcome.upstream, Some(Duration::from_millis(250)));
         assert_eq!(res.headers()[&RATELIMIT_POLICY], "\"session\";q=1;w=60");
         let res = call(session("d")).unwrap();
         assert_eq!(res.status(), http::StatusCode::TOO_MANY_REQUESTS);
         let outcome = res.extensions().get::<Outcome>().unwrap();
         assert_eq!(outcome.rate_limit, Some("limited"));
-        assert_eq!(outcome.upstream_secs, None, "never forwarded");
+        assert_eq!(outcome.upstream, None, "never forwarded");
         // Without validated facts nothing can be keyed: an error for the rescue layer.
         assert!(call(Request::new(Bytes::new())).is_err());
     }

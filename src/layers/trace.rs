@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response};
@@ -45,7 +45,7 @@ impl RequestId {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
     /// Time spent waiting on the upstream, if it was called.
-    pub upstream_secs: Option<f64>,
+    pub upstream: Option<Duration>,
     /// `allowed`, `limited`, … when a rate limit decided.
     pub rate_limit: Option<&'static str>,
     /// `HIT`, `MISS`, `BYPASS` on lookup routes.
@@ -181,8 +181,8 @@ fn access_line(access: AccessLog, line: &AccessLine<'_>) {
             method = line.method,
             route = line.route,
             status = line.status,
-            duration_ms = line.duration_us as f64 / 1e3,
-            upstream_ms = line.upstream_us.map(|us| us as f64 / 1e3),
+            duration_ms = line.duration.as_secs_f64() * 1e3,
+            upstream_ms = line.upstream.map(|d| d.as_secs_f64() * 1e3),
             rate_limit = line.rate_limit,
             cache = line.cache,
             "request"
@@ -214,8 +214,8 @@ where
                 method: this.method.as_str(),
                 route: this.route,
                 status,
-                duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-                upstream_us: outcome.upstream_secs.map(|s| (s * 1e6).round() as u64),
+                duration: elapsed,
+                upstream: outcome.upstream,
                 rate_limit: outcome.rate_limit.unwrap_or("none"),
                 cache: outcome.cache.unwrap_or("none"),
             },

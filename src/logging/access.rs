@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::sink;
 
@@ -19,9 +19,9 @@ pub struct AccessLine<'a> {
     pub route: &'a str,
     pub status: u16,
     /// Written as `duration_ms` with three decimals.
-    pub duration_us: u64,
+    pub duration: Duration,
     /// Written as `upstream_ms`; absent from the line when the upstream was not called.
-    pub upstream_us: Option<u64>,
+    pub upstream: Option<Duration>,
     pub rate_limit: &'a str,
     pub cache: &'a str,
 }
@@ -75,8 +75,9 @@ fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
     }
 }
 
-/// Microseconds as milliseconds with three decimals.
-fn push_millis(out: &mut Vec<u8>, us: u64) {
+/// `d` in milliseconds with three decimals (whole microseconds, saturating).
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     push_uint(out, us / 1000);
     out.push(b'.');
     push_padded(out, us % 1000, 3);
@@ -122,10 +123,10 @@ impl AccessLine<'_> {
         out.extend_from_slice(b",\"status\":");
         push_uint(out, u64::from(self.status));
         out.extend_from_slice(b",\"duration_ms\":");
-        push_millis(out, self.duration_us);
-        if let Some(us) = self.upstream_us {
+        push_millis(out, self.duration);
+        if let Some(d) = self.upstream {
             out.extend_from_slice(b",\"upstream_ms\":");
-            push_millis(out, us);
+            push_millis(out, d);
         }
         out.extend_from_slice(b",\"rate_limit\":");
         push_str(out, self.rate_limit);
@@ -144,7 +145,6 @@ impl AccessLine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn line(l: &AccessLine<'_>, at: SystemTime) -> serde_json::Value {
         let mut out = Vec::new();
@@ -162,8 +162,8 @@ mod tests {
             method: "POST",
             route: "session_v3",
             status: 200,
-            duration_us: 125,
-            upstream_us: Some(100),
+            duration: Duration::from_micros(125),
+            upstream: Some(Duration::from_micros(100)),
             rate_limit: "allowed",
             cache: "none",
         };
@@ -183,8 +183,8 @@ mod tests {
         // The cached second is not reused for the next one.
         let v = line(
             &AccessLine {
-                upstream_us: None,
-                duration_us: 12_345_678,
+                upstream: None,
+                duration: Duration::from_micros(12_345_678),
                 status: 7,
                 ..l
             },
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(v["status"], 7);
         let v = line(
             &AccessLine {
-                duration_us: 0,
+                duration: Duration::ZERO,
                 ..l
             },
             at,
@@ -212,9 +212,9 @@ mod tests {
             assert_eq!(out, n.to_string().into_bytes());
         }
         let mut out = Vec::new();
-        push_millis(&mut out, 1_001);
+        push_millis(&mut out, Duration::from_micros(1_001));
         out.push(b' ');
-        push_millis(&mut out, 249);
+        push_millis(&mut out, Duration::from_nanos(249_999));
         assert_eq!(out, b"1.001 0.249");
     }
 }

@@ -402,9 +402,9 @@ impl Observer for Metrics {
         if let Some(h) = self.duration.get(route, || [route_label(route)]) {
             h.observe(f.secs);
         }
-        if let Some(secs) = f.outcome.upstream_secs {
+        if let Some(took) = f.outcome.upstream {
             if let Some(h) = self.upstream_duration.get(route, || [route_label(route)]) {
-                h.observe(secs);
+                h.observe(took.as_secs_f64());
             }
         }
     }

@@ -1,4 +1,5 @@
 use std::borrow::Cow;
+use std::time::Duration;
 
 use http::Method;
 
@@ -25,7 +26,7 @@ fn finished(m: &Metrics, route: &'static str, method: &Method, status: u16) {
         status,
         secs: 0.02,
         outcome: Outcome {
-            upstream_secs: Some(0.015),
+            upstream: Some(Duration::from_millis(15)),
             ..Outcome::default()
         },
     });
