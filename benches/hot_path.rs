@@ -100,7 +100,10 @@ fn bench(c: &mut Criterion) {
             ClientKeyPolicy::Strip,
             true,
         ))
-        .layer(ForwardLayer::new(&"http://127.0.0.1:9".parse().unwrap()))
+        .layer(ForwardLayer::new(
+            &"http://127.0.0.1:9".parse().unwrap(),
+            false,
+        ))
         .service(tower::service_fn(upstream));
     let mut i = 0;
     g.bench_function("layers_validate_limit_key_forward", |b| {

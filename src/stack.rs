@@ -104,7 +104,7 @@ where
     U::Future: Send + 'static,
 {
     let cfg = &shared.config;
-    let forward = ForwardLayer::new(&cfg.upstream.base);
+    let forward = ForwardLayer::new(&cfg.upstream.base, cfg.upstream.http2);
 
     let session = ServiceBuilder::new()
         .layer(BodyLayer::new(

@@ -80,11 +80,12 @@ impl Key {
         kind: Kind,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Self {
-        use std::fmt::Write;
         let mut enc = String::new();
+        let mut len = itoa::Buffer::new();
         for id in ids {
-            // Writing to a String cannot fail.
-            let _ = write!(enc, "{}:{id}", id.len());
+            enc.push_str(len.format(id.len()));
+            enc.push(':');
+            enc.push_str(id);
         }
         Self {
             partition,

@@ -21,6 +21,7 @@
 pub mod encoding;
 pub mod key;
 pub mod marks;
+mod scan;
 pub mod settings;
 pub mod stats;
 pub mod store;

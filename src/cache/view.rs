@@ -7,38 +7,8 @@
 //! hold bearer tokens.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-
-/// Visitor methods for the JSON shapes a lenient field does not use: each yields `$v`,
-/// consuming arrays and objects without building them.
-macro_rules! otherwise {
-    ($lt:lifetime, $v:expr; $($kind:ident)*) => { $( otherwise!(@$kind $lt, $v); )* };
-    (@scalars $lt:lifetime, $v:expr) => {
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> { Ok($v) }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> { Ok($v) }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> { Ok($v) }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> { Ok($v) }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> { Ok($v) }
-    };
-    (@str $lt:lifetime, $v:expr) => {
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> { Ok($v) }
-    };
-    (@seq $lt:lifetime, $v:expr) => {
-        fn visit_seq<A: SeqAccess<$lt>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok($v)
-        }
-    };
-    (@map $lt:lifetime, $v:expr) => {
-        fn visit_map<A: MapAccess<$lt>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok($v)
-        }
-    };
-}
+use super::scan::{self, Scanner};
 
 /// A lenient JSON field: used only when it is a string.
 #[derive(Default)]
@@ -51,7 +21,7 @@ pub enum Loose<'a> {
     Other,
 }
 
-impl Loose<'_> {
+impl<'a> Loose<'a> {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Loose::Str(s) => Some(s),
@@ -62,31 +32,9 @@ impl Loose<'_> {
     pub fn is_absent(&self) -> bool {
         matches!(self, Loose::Absent)
     }
-}
 
-struct LooseVisitor;
-
-impl<'de> Visitor<'de> for LooseVisitor {
-    type Value = Loose<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Loose::Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Loose::Str(Cow::Owned(v.to_owned())))
-    }
-
-    otherwise!('de, Loose::Other; scalars seq map);
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LooseVisitor)
+    fn scan(s: &mut Scanner<'a>) -> scan::Result<Self> {
+        Ok(s.take_str()?.map_or(Loose::Other, Loose::Str))
     }
 }
 
@@ -95,110 +43,81 @@ impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
 #[derive(Default)]
 pub struct UserIds<'a>(pub Vec<Cow<'a, str>>);
 
-struct UserIdsVisitor;
-
-impl<'de> Visitor<'de> for UserIdsVisitor {
-    type Value = UserIds<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of users")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+impl<'a> UserIds<'a> {
+    fn scan(s: &mut Scanner<'a>) -> scan::Result<Self> {
         let mut ids = Vec::new();
-        while let Some(UserId(id)) = seq.next_element::<UserId<'de>>()? {
-            if let Loose::Str(id) = id {
-                ids.push(id);
-            }
-        }
+        s.array(|s| {
+            let mut id = None;
+            s.object(|s, key| {
+                if key.is("userId") {
+                    id = s.take_str()?;
+                    Ok(())
+                } else {
+                    s.skip()
+                }
+            })?;
+            ids.extend(id);
+            Ok(())
+        })?;
         Ok(UserIds(ids))
-    }
-
-    otherwise!('de, UserIds::default(); scalars str map);
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for UserIds<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UserIdsVisitor)
-    }
-}
-
-/// The `userId` of one element of `users`.
-struct UserId<'a>(Loose<'a>);
-
-struct UserIdVisitor;
-
-impl<'de> Visitor<'de> for UserIdVisitor {
-    type Value = UserId<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a user object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut id = Loose::Absent;
-        while let Some(k) = map.next_key::<Loose<'de>>()? {
-            if k.as_str() == Some("userId") {
-                id = map.next_value()?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(UserId(id))
-    }
-
-    otherwise!('de, UserId(Loose::Other); scalars str seq);
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for UserId<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UserIdVisitor)
     }
 }
 
 /// A session response (`POST /api/v{3,4,5}/sessions`) or a token check
 /// (`GET /api/v3/sessions`, which carries only `lastCachePurge`). `files`, `roles` and the
-/// rest are skipped without being built.
-#[derive(Default, Deserialize)]
+/// rest are skipped without being built. A repeated key counts as its last occurrence, as it
+/// does for the client's own JSON parser.
+#[derive(Default)]
 pub struct SessionAnswer<'a> {
-    #[serde(rename = "accessToken", borrow, default)]
     pub access_token: Loose<'a>,
-    #[serde(rename = "expiresAt", borrow, default)]
     pub expires_at: Loose<'a>,
-    #[serde(rename = "lastCachePurge", borrow, default)]
     pub last_cache_purge: Loose<'a>,
-    #[serde(borrow, default)]
     pub users: UserIds<'a>,
 }
 
 /// A user lookup answer (`{"users":[…],"files":[…]}`): the users it contains.
-#[derive(Default, Deserialize)]
+#[derive(Default)]
 pub struct UsersAnswer<'a> {
-    #[serde(borrow, default)]
     pub users: UserIds<'a>,
-}
-
-/// `body` as a JSON object of type `T`; `None` when it is not an object (derived structs
-/// would also read an array positionally).
-fn read_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
-        return None;
-    }
-    serde_json::from_slice(body).ok()
 }
 
 impl<'a> SessionAnswer<'a> {
     /// The view of `body`; `None` when it is not a JSON object.
     pub fn read(body: &'a [u8]) -> Option<Self> {
-        read_object(body)
+        let mut v = SessionAnswer::default();
+        Scanner::document(body, |s, key| {
+            if key.is("accessToken") {
+                v.access_token = Loose::scan(s)?;
+            } else if key.is("expiresAt") {
+                v.expires_at = Loose::scan(s)?;
+            } else if key.is("lastCachePurge") {
+                v.last_cache_purge = Loose::scan(s)?;
+            } else if key.is("users") {
+                v.users = UserIds::scan(s)?;
+            } else {
+                s.skip()?;
+            }
+            Ok(())
+        })
+        .ok()?;
+        Some(v)
     }
 }
 
 impl<'a> UsersAnswer<'a> {
     /// The view of `body`; `None` when it is not a JSON object.
     pub fn read(body: &'a [u8]) -> Option<Self> {
-        read_object(body)
+        let mut v = UsersAnswer::default();
+        Scanner::document(body, |s, key| {
+            if key.is("users") {
+                v.users = UserIds::scan(s)?;
+                Ok(())
+            } else {
+                s.skip()
+            }
+        })
+        .ok()?;
+        Some(v)
     }
 }
 
@@ -237,6 +156,113 @@ mod tests {
         assert!(SessionAnswer::read(b"[1]").is_none());
         assert!(SessionAnswer::read(b"{").is_none());
         assert!(SessionAnswer::read(b"").is_none());
+    }
+
+    #[test]
+    fn a_repeated_key_counts_as_its_last_occurrence() {
+        let v = SessionAnswer::read(
+            br#"{"accessToken":"old","users":[{"userId":"a","userId":"b"}],"accessToken":"new"}"#,
+        )
+        .unwrap();
+        assert_eq!(v.access_token.as_str(), Some("new"));
+        assert_eq!(v.users.0, vec!["b"]);
+    }
+
+    /// A field as serde_json's own tree reads it.
+    fn field(v: &serde_json::Value, name: &str) -> Option<Option<String>> {
+        v.get(name).map(|f| f.as_str().map(str::to_owned))
+    }
+
+    fn loose(l: &Loose<'_>) -> Option<Option<String>> {
+        match l {
+            Loose::Absent => None,
+            Loose::Str(s) => Some(Some(s.to_string())),
+            Loose::Other => Some(None),
+        }
+    }
+
+    /// The view agrees with serde_json on thousands of damaged answers: `None` exactly where
+    /// serde_json finds no JSON object (its `IgnoredAny` pass, which, like the view, checks
+    /// skipped strings for form only), and where serde_json builds the whole tree, the same
+    /// token, dates and users.
+    #[test]
+    fn damaged_answers_read_as_serde_json_reads_them() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let seeds: [&[u8]; 3] = [
+            br#"{"accessToken":"eyJ.a\u00e9.c","refreshToken":"r","issuedAt":"2024-01-01T00:00:00.000Z",
+                "expiresAt":"2024-01-31T00:00:00.000Z","users":[{"_id":"x","userId":"u\\u00fc",
+                "metadata":{"n":[1,-2.5e3,true,null,{"deep":[[]]}]},"roles":[]},{"userId":"b\"q"}],
+                "roles":[{"roleId":"member"}],"files":[{"fileId":"f","size":1024}],
+                "lastCachePurge":"2023-11-07T05:31:56Z"}"#,
+            br#"{"users":[{"userId":"a"},7,{"userId":{"x":"y"}},{"displayName":"\uD83D\uDE00"}],"files":[]}"#,
+            br#"{ "lastCachePurge" : "2023-01-01T00:00:00Z" , "x" : [ 0 , 1E+2 , "\/" ] }"#,
+        ];
+        let alphabet = b"{}[]\",:0-e.tfnu\\ \x01\x1f\xc3\xa9\xff";
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let (mut agreed_ok, mut agreed_bad) = (0, 0);
+        for round in 0..20_000 {
+            let mut doc = seeds[round % seeds.len()].to_vec();
+            for _ in 0..rng.random_range(1..=3) {
+                let at = rng.random_range(0..doc.len());
+                let byte = if rng.random_bool(0.7) {
+                    alphabet[rng.random_range(0..alphabet.len())]
+                } else {
+                    rng.random()
+                };
+                match rng.random_range(0..4) {
+                    0 => doc[at] = byte,
+                    1 => doc.insert(at, byte),
+                    2 => {
+                        doc.remove(at);
+                    }
+                    _ => doc.truncate(at.max(1)),
+                }
+                if doc.is_empty() {
+                    doc.push(b'{');
+                }
+            }
+            let view = SessionAnswer::read(&doc);
+            let is_object = doc.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+            let serde_ok =
+                is_object && serde_json::from_slice::<serde::de::IgnoredAny>(&doc).is_ok();
+            let shown = String::from_utf8_lossy(&doc);
+            if !serde_ok {
+                assert!(
+                    view.is_none(),
+                    "serde_json refuses, the view reads: {shown}"
+                );
+                agreed_bad += 1;
+                continue;
+            }
+            let Ok(tree) = serde_json::from_slice::<serde_json::Value>(&doc) else {
+                // Valid in form, but a string the tree decodes is not text: either is fair.
+                continue;
+            };
+            let v = view.unwrap_or_else(|| panic!("serde_json reads, the view does not: {shown}"));
+            assert_eq!(
+                loose(&v.access_token),
+                field(&tree, "accessToken"),
+                "{shown}"
+            );
+            assert_eq!(loose(&v.expires_at), field(&tree, "expiresAt"), "{shown}");
+            assert_eq!(
+                loose(&v.last_cache_purge),
+                field(&tree, "lastCachePurge"),
+                "{shown}"
+            );
+            let users: Vec<&str> = tree
+                .get("users")
+                .and_then(|u| u.as_array())
+                .map(|a| a.iter().filter_map(|e| e.get("userId")?.as_str()).collect())
+                .unwrap_or_default();
+            assert_eq!(v.users.0, users, "{shown}");
+            agreed_ok += 1;
+        }
+        // Both outcomes were exercised, not just one.
+        assert!(
+            agreed_ok > 2_000 && agreed_bad > 2_000,
+            "{agreed_ok} {agreed_bad}"
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl ClientAddr {
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Hop-by-hop headers that are never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -81,23 +81,51 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// Where requests go: the upstream's scheme and authority, and the `Host` value built from
+/// them once (the pooled client would otherwise format one per request). `host` is `None`
+/// when the upstream may speak HTTP/2, where the client sends `:authority` instead.
+#[derive(Debug)]
+struct Base {
+    scheme: Scheme,
+    authority: Authority,
+    host: Option<HeaderValue>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ForwardLayer {
-    base: Arc<(Scheme, Authority)>,
+    base: Arc<Base>,
 }
 
 impl ForwardLayer {
-    /// `base` is the upstream's `scheme://authority` (validated by the config).
-    pub fn new(base: &Uri) -> Self {
+    /// `base` is the upstream's `scheme://authority` (validated by the config); `http2` says
+    /// whether the upstream client may speak HTTP/2 to it.
+    pub fn new(base: &Uri, http2: bool) -> Self {
         let scheme = base.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let authority = base
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("localhost"));
+        let host = (!http2).then(|| host_value(&scheme, &authority));
         Self {
-            base: Arc::new((scheme, authority)),
+            base: Arc::new(Base {
+                scheme,
+                authority,
+                host,
+            }),
         }
     }
+}
+
+/// The `Host` of requests to `authority`: its host, and its port unless it is the scheme's
+/// default (RFC 9110 §7.2), as hyper's client would write it.
+fn host_value(scheme: &Scheme, authority: &Authority) -> HeaderValue {
+    let default_port = if *scheme == Scheme::HTTP { 80 } else { 443 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    // An authority parsed from a URI is always a valid header value.
+    HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 impl<S> Layer<S> for ForwardLayer {
@@ -113,7 +141,7 @@ impl<S> Layer<S> for ForwardLayer {
 #[derive(Debug, Clone)]
 pub struct Forward<S> {
     inner: S,
-    base: Arc<(Scheme, Authority)>,
+    base: Arc<Base>,
 }
 
 fn clean_response(mut res: Response<Body>) -> Response<Body> {
@@ -135,15 +163,15 @@ where
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let (scheme, authority) = &*self.base;
+        let base = &*self.base;
         let pq = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(scheme.clone());
-        uri.authority = Some(authority.clone());
+        uri.scheme = Some(base.scheme.clone());
+        uri.authority = Some(base.authority.clone());
         uri.path_and_query = Some(pq);
         // Scheme, authority and path are all present, so this cannot fail; keep the old URI if it did.
         if let Ok(u) = Uri::from_parts(uri) {
@@ -154,9 +182,13 @@ where
         // Hop-by-hop headers were removed by the router, before any policy ran: a header the
         // client names in `Connection` (say `x-api-key`) must not be removed after the gateway
         // set or checked it.
-        // The client's Host and framing headers describe the client's hop, not ours: hyper sets
-        // Host from the URI's authority and Content-Length from the body.
-        headers.remove(header::HOST);
+        // The client's Host and framing headers describe the client's hop, not ours: Host names
+        // the upstream (over HTTP/2 hyper sends `:authority`), and hyper sets Content-Length
+        // from the body.
+        match &base.host {
+            Some(host) => headers.insert(header::HOST, host.clone()),
+            None => headers.remove(header::HOST),
+        };
         headers.remove(header::CONTENT_LENGTH);
         if let Some(client) = parts.extensions.get::<ClientAddr>() {
             append_forwarded_for(headers, &client.ip);
@@ -231,6 +263,22 @@ mod tests {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
             strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+    }
+
+    #[test]
+    fn host_names_the_upstream_without_its_default_port() {
+        for (uri, host) in [
+            ("http://127.0.0.1:8081", "127.0.0.1:8081"),
+            ("http://example.com:80", "example.com"),
+            ("https://apix.us.amity.co", "apix.us.amity.co"),
+            ("https://apix.us.amity.co:443", "apix.us.amity.co"),
+            ("https://[::1]:8443", "[::1]:8443"),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            let base = &ForwardLayer::new(&uri, false).base;
+            assert_eq!(base.host.as_ref().unwrap(), host, "{uri}");
+            assert!(ForwardLayer::new(&uri, true).base.host.is_none());
         }
     }
 

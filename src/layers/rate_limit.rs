@@ -197,9 +197,14 @@ fn stamp(res: &mut Response<Body>, state: &State, decision: &Decision) {
 
 /// `"session";r=<remaining>;t=<seconds>`, plus the `"ip"` item when it was consulted.
 fn ratelimit_value(d: &Decision) -> HeaderValue {
-    use std::fmt::Write;
     let item = |out: &mut String, name: &str, s: &Standing| {
-        let _ = write!(out, "\"{name}\";r={};t={}", s.remaining, s.reset_secs);
+        let mut n = itoa::Buffer::new();
+        out.push('"');
+        out.push_str(name);
+        out.push_str("\";r=");
+        out.push_str(n.format(s.remaining));
+        out.push_str(";t=");
+        out.push_str(n.format(s.reset_secs));
     };
     let mut v = String::with_capacity(64);
     item(&mut v, "session", &d.session);

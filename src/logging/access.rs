@@ -57,11 +57,10 @@ fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     out.push(b'Z');
 }
 
-/// `n` in decimal. (Integers by hand: `fmt` machinery and float formatting cost more than the
-/// rest of the line.)
+/// `n` in decimal. (Integers without `fmt`: its machinery and float formatting cost more than
+/// the rest of the line.)
 fn push_uint(out: &mut Vec<u8>, n: u64) {
-    let digits = n.checked_ilog10().map_or(1, |d| d as usize + 1);
-    push_padded(out, n, digits);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// The last `width` decimal digits of `n`, zero-padded.
