@@ -42,8 +42,9 @@ impl ClientAddr {
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Hop-by-hop headers that are never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers that are never forwarded (RFC 9110 §7.6.1, plus the legacy ones and
+/// `Upgrade`, which the gateway does not proxy). `Connection` comes first.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -52,33 +53,42 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, those named in `Connection` first. Most messages have none:
-/// one pass over their few names is cheaper than a hashed removal per hop-by-hop name.
+/// Removes hop-by-hop headers, those named in `Connection` first. One pass over the message's
+/// few names finds which hop-by-hop names are present (most requests have none; most answers
+/// only `Connection: keep-alive`), and only those are removed: a hashed removal per
+/// hop-by-hop name would cost more than the pass.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers
-        .keys()
-        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
-    {
+    let present = headers.keys().fold(0u16, |seen, n| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == n)
+            .map_or(seen, |i| seen | 1 << i)
+    });
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            // `keep-alive`, the usual option, names a header that goes below anyway.
+            .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
         for n in named {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(h);
+        }
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// Where requests go: the upstream's scheme and authority, and the `Host` value built from
@@ -247,6 +257,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "stays");
+    }
+
+    #[test]
+    fn only_hop_by_hop_names_go_whatever_their_case() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, Close"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("close", HeaderValue::from_static("named by an option"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_TYPE));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]
