@@ -39,7 +39,8 @@ impl<'a> Loose<'a> {
 }
 
 /// The `userId`s of a `users` array; anything that is not an array contributes nothing, and
-/// neither does an element that is not an object with a string `userId`.
+/// neither does an element that is not an object with a string `userId` (its last `userId`
+/// when it repeats one: a repeated user id can only make the gateway forget more).
 #[derive(Default)]
 pub struct UserIds<'a>(pub Vec<Cow<'a, str>>);
 
@@ -65,8 +66,9 @@ impl<'a> UserIds<'a> {
 
 /// A session response (`POST /api/v{3,4,5}/sessions`) or a token check
 /// (`GET /api/v3/sessions`, which carries only `lastCachePurge`). `files`, `roles` and the
-/// rest are skipped without being built. A repeated key counts as its last occurrence, as it
-/// does for the client's own JSON parser.
+/// rest are skipped without being built. An answer that repeats one of the fields read is not
+/// read at all: JSON parsers disagree on which occurrence counts, so the gateway must not
+/// trust a token the client may not have taken.
 #[derive(Default)]
 pub struct SessionAnswer<'a> {
     pub access_token: Loose<'a>,
@@ -81,18 +83,38 @@ pub struct UsersAnswer<'a> {
     pub users: UserIds<'a>,
 }
 
+/// Which of a view's fields were met: meeting one twice makes the answer [`scan::Malformed`].
+#[derive(Default)]
+struct Once(u8);
+
+impl Once {
+    fn first(&mut self, field: u8) -> scan::Result<()> {
+        let bit = 1 << field;
+        if self.0 & bit != 0 {
+            return Err(scan::Malformed);
+        }
+        self.0 |= bit;
+        Ok(())
+    }
+}
+
 impl<'a> SessionAnswer<'a> {
     /// The view of `body`; `None` when it is not a JSON object.
     pub fn read(body: &'a [u8]) -> Option<Self> {
         let mut v = SessionAnswer::default();
+        let mut seen = Once::default();
         Scanner::document(body, |s, key| {
             if key.is("accessToken") {
+                seen.first(0)?;
                 v.access_token = Loose::scan(s)?;
             } else if key.is("expiresAt") {
+                seen.first(1)?;
                 v.expires_at = Loose::scan(s)?;
             } else if key.is("lastCachePurge") {
+                seen.first(2)?;
                 v.last_cache_purge = Loose::scan(s)?;
             } else if key.is("users") {
+                seen.first(3)?;
                 v.users = UserIds::scan(s)?;
             } else {
                 s.skip()?;
@@ -108,8 +130,10 @@ impl<'a> UsersAnswer<'a> {
     /// The view of `body`; `None` when it is not a JSON object.
     pub fn read(body: &'a [u8]) -> Option<Self> {
         let mut v = UsersAnswer::default();
+        let mut seen = Once::default();
         Scanner::document(body, |s, key| {
             if key.is("users") {
+                seen.first(0)?;
                 v.users = UserIds::scan(s)?;
                 Ok(())
             } else {
@@ -159,18 +183,40 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_key_counts_as_its_last_occurrence() {
+    fn an_answer_repeating_a_field_it_reads_is_not_read() {
+        for field in ["accessToken", "expiresAt", "lastCachePurge", "users"] {
+            let body = format!(r#"{{"{field}":"a","x":1,"{field}":"b"}}"#);
+            assert!(SessionAnswer::read(body.as_bytes()).is_none(), "{field}");
+            // Written with an escape, the key is the same key.
+            let escaped = format!(r"\u{:04x}{}", field.as_bytes()[0], &field[1..]);
+            let body = format!(r#"{{"{field}":"a","{escaped}":"b"}}"#);
+            assert!(SessionAnswer::read(body.as_bytes()).is_none(), "{body}");
+        }
+        assert!(UsersAnswer::read(br#"{"users":[],"users":[{"userId":"u"}]}"#).is_none());
+        // Repeats elsewhere are the answer's own business.
         let v = SessionAnswer::read(
-            br#"{"accessToken":"old","users":[{"userId":"a","userId":"b"}],"accessToken":"new"}"#,
+            br#"{"accessToken":"t","refreshToken":1,"refreshToken":2,"users":[{"userId":"a","userId":"b"}]}"#,
         )
         .unwrap();
-        assert_eq!(v.access_token.as_str(), Some("new"));
+        assert_eq!(v.access_token.as_str(), Some("t"));
         assert_eq!(v.users.0, vec!["b"]);
     }
 
-    /// A field as serde_json's own tree reads it.
-    fn field(v: &serde_json::Value, name: &str) -> Option<Option<String>> {
-        v.get(name).map(|f| f.as_str().map(str::to_owned))
+    /// What the view must read, as serde_json reads it: a derived struct refuses a repeated
+    /// field and keys that are not text, as the view does.
+    #[derive(serde::Deserialize)]
+    struct Oracle {
+        #[serde(rename = "accessToken")]
+        access_token: Option<serde_json::Value>,
+        #[serde(rename = "expiresAt")]
+        expires_at: Option<serde_json::Value>,
+        #[serde(rename = "lastCachePurge")]
+        last_cache_purge: Option<serde_json::Value>,
+        users: Option<serde_json::Value>,
+    }
+
+    fn field(v: &Option<serde_json::Value>) -> Option<Option<String>> {
+        v.as_ref().map(|f| f.as_str().map(str::to_owned))
     }
 
     fn loose(l: &Loose<'_>) -> Option<Option<String>> {
@@ -181,14 +227,14 @@ mod tests {
         }
     }
 
-    /// The view agrees with serde_json on thousands of damaged answers: `None` exactly where
+    /// The view agrees with serde_json on thousands of damaged answers: `None` wherever
     /// serde_json finds no JSON object (its `IgnoredAny` pass, which, like the view, checks
-    /// skipped strings for form only), and where serde_json builds the whole tree, the same
-    /// token, dates and users.
+    /// skipped strings for form only), and wherever serde_json reads the fields (as values,
+    /// checked whole) the same token, dates and users.
     #[test]
     fn damaged_answers_read_as_serde_json_reads_them() {
         use rand::{rngs::StdRng, Rng, SeedableRng};
-        let seeds: [&[u8]; 3] = [
+        let seeds: [&[u8]; 4] = [
             br#"{"accessToken":"eyJ.a\u00e9.c","refreshToken":"r","issuedAt":"2024-01-01T00:00:00.000Z",
                 "expiresAt":"2024-01-31T00:00:00.000Z","users":[{"_id":"x","userId":"u\\u00fc",
                 "metadata":{"n":[1,-2.5e3,true,null,{"deep":[[]]}]},"roles":[]},{"userId":"b\"q"}],
@@ -196,6 +242,7 @@ mod tests {
                 "lastCachePurge":"2023-11-07T05:31:56Z"}"#,
             br#"{"users":[{"userId":"a"},7,{"userId":{"x":"y"}},{"displayName":"\uD83D\uDE00"}],"files":[]}"#,
             br#"{ "lastCachePurge" : "2023-01-01T00:00:00Z" , "x" : [ 0 , 1E+2 , "\/" ] }"#,
+            br#"{"accessToken":"a","expiresAt":"e","accessTokeN":"b","\u0075sers":[{"userId":"u"}],"usersX":1}"#,
         ];
         let alphabet = b"{}[]\",:0-e.tfnu\\ \x01\x1f\xc3\xa9\xff";
         let mut rng = StdRng::seed_from_u64(0x5eed);
@@ -234,24 +281,22 @@ mod tests {
                 agreed_bad += 1;
                 continue;
             }
-            let Ok(tree) = serde_json::from_slice::<serde_json::Value>(&doc) else {
-                // Valid in form, but a string the tree decodes is not text: either is fair.
+            let Ok(tree) = serde_json::from_slice::<Oracle>(&doc) else {
+                // Valid in form, but a repeated field, a key that is not text, or a string the
+                // tree decodes that is not: the view may refuse it too.
                 continue;
             };
             let v = view.unwrap_or_else(|| panic!("serde_json reads, the view does not: {shown}"));
-            assert_eq!(
-                loose(&v.access_token),
-                field(&tree, "accessToken"),
-                "{shown}"
-            );
-            assert_eq!(loose(&v.expires_at), field(&tree, "expiresAt"), "{shown}");
+            assert_eq!(loose(&v.access_token), field(&tree.access_token), "{shown}");
+            assert_eq!(loose(&v.expires_at), field(&tree.expires_at), "{shown}");
             assert_eq!(
                 loose(&v.last_cache_purge),
-                field(&tree, "lastCachePurge"),
+                field(&tree.last_cache_purge),
                 "{shown}"
             );
             let users: Vec<&str> = tree
-                .get("users")
+                .users
+                .as_ref()
                 .and_then(|u| u.as_array())
                 .map(|a| a.iter().filter_map(|e| e.get("userId")?.as_str()).collect())
                 .unwrap_or_default();

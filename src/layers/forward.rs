@@ -74,9 +74,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            // As bytes: one odd byte in the value must not hide the names beside it.
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
             // `keep-alive`, the usual option, names a header that goes below anyway.
             .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
@@ -277,6 +277,23 @@ mod tests {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn every_connection_line_names_headers_even_beside_odd_bytes() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-one, caf\xe9").unwrap(),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Two"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.append("x-two", HeaderValue::from_static("2"));
+        h.append("x-two", HeaderValue::from_static("3"));
+        h.insert("x-stays", HeaderValue::from_static("4"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-stays"));
     }
 
     #[test]
