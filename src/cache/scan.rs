@@ -4,13 +4,14 @@
 //! cost about 24,000 instructions, a fifth of everything the gateway did for a proxied
 //! session request (callgrind over the running gateway); this scanner takes about 18,000, and
 //! about 40 % less time (`cargo bench --bench session_answer` has serde_json's own skipping
-//! and tree building beside it for scale). It checks
-//! the grammar serde_json checks when it skips a value (RFC 8259: structure, strings with
-//! escapes of the right form and no raw control characters, numbers, literals) and skips what
-//! nobody asked for eight bytes at a time inside strings, without allocating and without
+//! and tree building beside it for scale).
+//!
+//! It checks the grammar serde_json checks when it skips a value (RFC 8259: structure, strings
+//! with escapes of the right form and no raw control characters, numbers, literals) and skips
+//! what nobody asked for eight bytes at a time inside strings, without allocating and without
 //! recursion, however deep the skipped value nests. What a caller reads is checked as serde
-//! did: keys and taken strings must be UTF-8 and must not escape half a surrogate pair, and
-//! at most [`MAX_DEPTH`] containers are read into.
+//! did: keys and taken strings must be UTF-8 and must not escape half a surrogate pair, and at
+//! most [`MAX_DEPTH`] containers are read into.
 
 use std::borrow::Cow;
 
@@ -32,12 +33,12 @@ pub struct Scanner<'a> {
     depth: usize,
 }
 
-/// An object key: its raw bytes when it holds no escape, its decoded bytes otherwise.
-pub struct Key<'a>(Cow<'a, [u8]>);
+/// An object key: borrowed from the document when it holds no escape, decoded otherwise.
+pub struct Key<'a>(Cow<'a, str>);
 
 impl Key<'_> {
     pub fn is(&self, name: &str) -> bool {
-        *self.0 == *name.as_bytes()
+        *self.0 == *name
     }
 }
 
@@ -126,12 +127,7 @@ impl<'a> Scanner<'a> {
             return Ok(None);
         }
         let (raw, escaped) = self.string()?;
-        let s = if escaped {
-            Cow::Owned(unescape(raw).ok_or(Malformed)?)
-        } else {
-            Cow::Borrowed(std::str::from_utf8(raw).map_err(|_| Malformed)?)
-        };
-        Ok(Some(s))
+        text(raw, escaped).map(Some)
     }
 
     /// Moves past the value at the cursor, checking it.
@@ -194,36 +190,25 @@ impl<'a> Scanner<'a> {
     /// A key and its colon; the cursor is then on the value. A key that is not text is
     /// [`Malformed`], as serde_json found when it read keys.
     fn key(&mut self) -> Result<Key<'a>> {
-        self.ws();
-        if self.peek() != Some(b'"') {
-            return Err(Malformed);
-        }
-        let (raw, escaped) = self.string()?;
-        let key = if escaped {
-            Cow::Owned(unescape(raw).ok_or(Malformed)?.into_bytes())
-        } else {
-            if !raw.is_ascii() {
-                std::str::from_utf8(raw).map_err(|_| Malformed)?;
-            }
-            Cow::Borrowed(raw)
-        };
-        self.colon()?;
-        Ok(Key(key))
+        let (raw, escaped) = self.raw_key()?;
+        text(raw, escaped).map(Key)
     }
 
+    /// A key inside a skipped value: checked for form only, as serde_json skips it.
     fn skip_key(&mut self) -> Result<()> {
+        self.raw_key().map(drop)
+    }
+
+    /// The raw string of a key (see [`Scanner::string`]) and the colon after it.
+    fn raw_key(&mut self) -> Result<(&'a [u8], bool)> {
         self.ws();
         if self.peek() != Some(b'"') {
             return Err(Malformed);
         }
-        self.string()?;
-        self.colon()
-    }
-
-    fn colon(&mut self) -> Result<()> {
+        let key = self.string()?;
         self.ws();
         match self.bump()? {
-            b':' => Ok(()),
+            b':' => Ok(key),
             _ => Err(Malformed),
         }
     }
@@ -396,8 +381,20 @@ fn hex4(digits: Option<&[u8]>) -> Option<u32> {
     })
 }
 
-/// The text of a string's raw bytes (already checked by [`Scanner::string`]); `None` when it
-/// is not UTF-8 or escapes half a surrogate pair.
+/// The text of a string's raw bytes (from [`Scanner::string`]): borrowed when it holds no
+/// escape; [`Malformed`] when it is not UTF-8 or escapes half a surrogate pair.
+fn text(raw: &[u8], escaped: bool) -> Result<Cow<'_, str>> {
+    if escaped {
+        unescape(raw).map(Cow::Owned).ok_or(Malformed)
+    } else {
+        std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| Malformed)
+    }
+}
+
+/// The decoded text of a string's raw bytes holding escapes (already checked for form);
+/// `None` when it is not UTF-8 or escapes half a surrogate pair.
 fn unescape(raw: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;

@@ -99,7 +99,7 @@ impl Once {
 }
 
 impl<'a> SessionAnswer<'a> {
-    /// The view of `body`; `None` when it is not a JSON object.
+    /// The view of `body`; `None` when it is not a JSON object, or repeats a field read here.
     pub fn read(body: &'a [u8]) -> Option<Self> {
         let mut v = SessionAnswer::default();
         let mut seen = Once::default();
@@ -127,7 +127,7 @@ impl<'a> SessionAnswer<'a> {
 }
 
 impl<'a> UsersAnswer<'a> {
-    /// The view of `body`; `None` when it is not a JSON object.
+    /// The view of `body`; `None` when it is not a JSON object, or repeats a field read here.
     pub fn read(body: &'a [u8]) -> Option<Self> {
         let mut v = UsersAnswer::default();
         let mut seen = Once::default();
