@@ -33,12 +33,13 @@ pub struct Scanner<'a> {
     depth: usize,
 }
 
-/// An object key: borrowed from the document when it holds no escape, decoded otherwise.
-pub struct Key<'a>(Cow<'a, str>);
+/// An object key's text, as bytes: borrowed from the document when it holds no escape,
+/// decoded otherwise.
+pub struct Key<'a>(Cow<'a, [u8]>);
 
 impl Key<'_> {
     pub fn is(&self, name: &str) -> bool {
-        *self.0 == *name
+        *self.0 == *name.as_bytes()
     }
 }
 
@@ -132,6 +133,11 @@ impl<'a> Scanner<'a> {
 
     /// Moves past the value at the cursor, checking it.
     pub fn skip(&mut self) -> Result<()> {
+        // Most skipped values are strings: no container bookkeeping for them.
+        self.ws();
+        if self.peek() == Some(b'"') {
+            return self.string().map(drop);
+        }
         let mut open = Open::default();
         'value: loop {
             self.ws();
@@ -191,7 +197,16 @@ impl<'a> Scanner<'a> {
     /// [`Malformed`], as serde_json found when it read keys.
     fn key(&mut self) -> Result<Key<'a>> {
         let (raw, escaped) = self.raw_key()?;
-        text(raw, escaped).map(Key)
+        if escaped {
+            return Ok(Key(Cow::Owned(
+                unescape(raw).ok_or(Malformed)?.into_bytes(),
+            )));
+        }
+        // Keys are nearly always plain ASCII: no UTF-8 check (a call per key) for those.
+        if !raw.is_ascii() {
+            std::str::from_utf8(raw).map_err(|_| Malformed)?;
+        }
+        Ok(Key(Cow::Borrowed(raw)))
     }
 
     /// A key inside a skipped value: checked for form only, as serde_json skips it.
