@@ -2,7 +2,7 @@
 //!
 //! Reading a 1.6 KB session answer through serde visitors (the reader this one replaced)
 //! cost about 24,000 instructions, a fifth of everything the gateway did for a proxied
-//! session request (callgrind over the running gateway); this scanner takes about 18,000, and
+//! session request (callgrind over the running gateway); this scanner takes about 19,500, and
 //! about 40 % less time (`cargo bench --bench session_answer` has serde_json's own skipping
 //! and tree building beside it for scale).
 //!
