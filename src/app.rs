@@ -44,6 +44,7 @@ impl Gateway {
             health.clone(),
             shared.cache.clone(),
             shared.rate_limit.as_ref().map(|l| l.stats()),
+            shared.streams.clone(),
         ));
         Ok(Self {
             shared,

@@ -57,6 +57,9 @@ pub struct FileConfig {
     pub cache: crate::cache::settings::CacheFile,
     pub tls: TlsFile,
     pub rate_limit: crate::ratelimit::RateLimitFile,
+    pub cors: crate::layers::cors::CorsFile,
+    /// The route table (`[[routes]]`); the default is the shipped table.
+    pub routes: crate::routes::table::RoutesFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -113,7 +116,11 @@ pub struct UpstreamFile {
     /// Speak HTTP/2 to the upstream (ALPN for https, prior knowledge for http). Default false.
     pub http2: bool,
     /// Largest upstream response body accepted; larger ones are a 502. Default 4 MiB.
+    /// Pass routes stream and are not limited by it.
     pub max_response_bytes: usize,
+    /// Pass routes: a body or websocket that moves no byte for this long is closed; a route's
+    /// own `idle_timeout_ms` wins. Default 60000 ms.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for UpstreamFile {
@@ -126,6 +133,7 @@ impl Default for UpstreamFile {
             pool_max_idle_per_host: 256,
             http2: false,
             max_response_bytes: 4 << 20,
+            idle_timeout_ms: 60_000,
         }
     }
 }
@@ -280,6 +288,9 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `None` when rate limiting is disabled.
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    /// `None` when CORS is off.
+    pub cors: Option<crate::layers::cors::Cors>,
+    pub routes: crate::routes::RouteTable,
 }
 
 #[derive(Debug, Clone)]
@@ -485,6 +496,11 @@ impl FileConfig {
                 self.tls.handshake_timeout_ms,
             )?))?,
             rate_limit: self.rate_limit.resolve()?,
+            cors: self.cors.resolve()?,
+            routes: crate::routes::RouteTable::compile(
+                &self.routes.0,
+                Duration::from_millis(positive("upstream.idle_timeout_ms", u.idle_timeout_ms)?),
+            )?,
         })
     }
 
@@ -662,6 +678,36 @@ mod tests {
         };
         let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
         assert!(err.contains("tls.cert_file"), "{err}");
+    }
+
+    #[test]
+    fn shipped_file_is_the_default_table_and_cors_is_off() {
+        let text = include_str!("../config/gateway.toml");
+        let f = FileConfig::from_toml(text, Path::new("gateway.toml")).unwrap();
+        assert_eq!(f.routes, crate::routes::table::RoutesFile::default());
+        assert_eq!(f.routes.0, crate::routes::table::default_routes());
+        let c = f.clone().resolve(&env_key()).unwrap();
+        assert!(c.cors.is_none());
+        assert_eq!(c.routes.entries().len(), 11);
+        // The masked rendering reads back as the same table.
+        let again = FileConfig::from_toml(&FileConfig::default().to_masked_toml(), Path::new("x"))
+            .unwrap();
+        assert_eq!(again.routes, f.routes);
+    }
+
+    #[test]
+    fn a_bad_route_is_named_by_the_loader() {
+        let text = "[[routes]]\nname = \"ok\"\nprefix = \"/api/\"\npolicy = \"pass\"\n\n[[routes]]\nname = \"broken\"\npath = \"/x\"\npolicy = \"session\"\n";
+        let err = FileConfig::from_toml(text, Path::new("x.toml"))
+            .unwrap()
+            .resolve(&env_key())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broken") && err.contains("schema"), "{err}");
+        let err = FileConfig::from_toml("[[routes]]\nname = \"x\"\nprefix = \"/a/\"\npolicy = \"open\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("open"), "{err}");
     }
 
     #[test]

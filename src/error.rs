@@ -9,13 +9,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::Full;
 
-/// The response body type of every response the gateway sends to clients.
-pub type Body = Full<Bytes>;
+pub use crate::body::Body;
 
 /// Errors that cross layer boundaries as `Err`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -56,6 +53,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     /// 404: the route is not served by this gateway.
     NotFound,
+    /// 403: refused by policy (a browser origin that is not allowed on a key-carrying route).
+    Forbidden(Cow<'static, str>),
     /// 429: the per-device (or per-IP) budget is spent; `retry_after` in seconds.
     RateLimited { retry_after: u64 },
     /// 502: the upstream could not be reached or answered garbage.
@@ -104,6 +103,7 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -121,6 +121,7 @@ impl ApiError {
             | ApiError::RequestTimeout
             | ApiError::PayloadTooLarge { .. } => 400000,
             ApiError::NotFound => 400400,
+            ApiError::Forbidden(_) => 400300,
             ApiError::RateLimited { .. } => 400311,
             ApiError::BadGateway(_)
             | ApiError::GatewayTimeout
@@ -138,6 +139,7 @@ impl ApiError {
             | ApiError::RequestTimeout
             | ApiError::PayloadTooLarge { .. } => "Bad Request.",
             ApiError::NotFound => "Not Found.",
+            ApiError::Forbidden(_) => "Forbidden error.",
             ApiError::RateLimited { .. } => "RateLimit Exceed.",
             ApiError::BadGateway(_) => "Bad Gateway.",
             ApiError::GatewayTimeout => "Gateway Timeout.",
@@ -156,7 +158,9 @@ impl ApiError {
         };
         match self {
             ApiError::Invalid(v) => v.clone(),
-            ApiError::BadRequest(d) | ApiError::BadGateway(d) => one(d.clone()),
+            ApiError::BadRequest(d) | ApiError::BadGateway(d) | ApiError::Forbidden(d) => {
+                one(d.clone())
+            }
             ApiError::UnsupportedMediaType(d) => one(d.clone()),
             ApiError::RequestTimeout => one("request body not received in time".into()),
             ApiError::PayloadTooLarge { limit } => {
@@ -213,7 +217,7 @@ impl ApiError {
             }
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut res = Response::new(Full::new(Bytes::from(bytes)));
+        let mut res = Response::new(Body::from(bytes));
         *res.status_mut() = status;
         let ct = match format {
             ErrorFormat::Envelope => JSON.clone(),

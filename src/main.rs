@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         sim_listen: SocketAddr,
     },
-    /// Validate the config and print it, secrets masked.
+    /// Validate the config and print it, secrets masked, with the effective route table.
     CheckConfig {
         #[arg(long, default_value = "config/gateway.toml")]
         config: PathBuf,
@@ -204,8 +204,10 @@ Ctrl-C stops the demo."#
 }
 
 fn check_config(path: PathBuf) -> Result<(), String> {
-    let (file, _config) = load(&path)?;
+    let (file, config) = load(&path)?;
     print!("{}", file.to_masked_toml());
+    // The table as the matcher reads it: most specific first.
+    print!("\n{}", config.routes.render().lines().map(|l| format!("# {l}\n")).collect::<String>());
     eprintln!("config OK: {}", path.display());
     Ok(())
 }

@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -154,7 +152,9 @@ async fn serve_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    // With upgrades: a pass route's websocket is handed over after its 101.
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
@@ -189,7 +189,7 @@ fn admin(
     metrics: Option<&MetricsRender>,
 ) -> Response<Body> {
     let text = |status: StatusCode, body: &'static str| {
-        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let mut r = Response::new(Body::from(body));
         *r.status_mut() = status;
         r
     };
@@ -200,7 +200,7 @@ fn admin(
         "/metrics" => match metrics {
             Some(render) => {
                 let (content_type, body) = render();
-                let mut r = Response::new(Full::new(Bytes::from(body)));
+                let mut r = Response::new(Body::from(body));
                 if let Ok(ct) = http::HeaderValue::from_str(&content_type) {
                     r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
                 }

@@ -36,10 +36,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::header::{HeaderName, HeaderValue, AGE, CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
 
 use crate::error::Body;
 use crate::layers::trace::Outcome;
@@ -96,14 +94,14 @@ struct Fill {
 /// What the cache must learn from the answer to a session request.
 pub struct SessionPending {
     partition: Partition,
-    user_id: Box<str>,
+    /// `None` for a visitor session.
+    user_id: Option<Box<str>>,
     device: DeviceHash,
 }
 
-/// The bytes of a collected body (a `Full` yields its one frame at once).
+/// The bytes of a complete body (policy routes' answers always are).
 fn body_bytes(body: &Body) -> Option<Bytes> {
-    let collected = body.clone().collect().now_or_never()?;
-    collected.ok().map(http_body_util::Collected::to_bytes)
+    body.bytes().cloned()
 }
 
 /// Puts the cache result into the response's [`Outcome`] (for the access log and metrics),
@@ -191,7 +189,7 @@ impl LookupCache {
     }
 
     fn hit(&self, e: &Entry, now: i64) -> Response<Body> {
-        let mut res = Response::new(Full::new(e.body.clone()));
+        let mut res = Response::new(Body::full(e.body.clone()));
         let h = res.headers_mut();
         if let Some(ct) = &e.content_type {
             h.insert(CONTENT_TYPE, ct.clone());
@@ -312,7 +310,7 @@ impl LookupCache {
     pub fn session(
         &self,
         api_key: &HeaderValue,
-        user_id: &str,
+        user_id: Option<&str>,
         device_id: &str,
     ) -> Option<SessionPending> {
         if !self.cfg.enabled {
@@ -320,7 +318,7 @@ impl LookupCache {
         }
         Some(SessionPending {
             partition: Partition::of_network(api_key.as_bytes()),
-            user_id: user_id.into(),
+            user_id: user_id.map(Into::into),
             device: DeviceHash(self.devices.hash_one(device_id)),
         })
     }
@@ -336,7 +334,8 @@ impl LookupCache {
         let body = body_bytes(res.body()).unwrap_or_default();
         let view = SessionAnswer::read(&body);
         let answer_users = view.as_ref().map_or(&[][..], |v| &v.users.0[..]);
-        for id in std::iter::once(&*pending.user_id).chain(answer_users.iter().map(|c| &**c)) {
+        let own = pending.user_id.as_deref();
+        for id in own.into_iter().chain(answer_users.iter().map(|c| &**c)) {
             self.marks.mark(self.marks.hash(id), now);
             self.store
                 .invalidate(&Key::new(pending.partition, Kind::User, [id]));

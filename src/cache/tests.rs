@@ -14,7 +14,7 @@ fn cache() -> LookupCache {
 }
 
 fn answer(body: &str) -> Response<Body> {
-    let mut res = Response::new(Full::new(Bytes::from(body.to_owned())));
+    let mut res = Response::new(crate::error::Body::from(body.to_owned()));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
@@ -32,7 +32,7 @@ fn bearer_headers(token: &str) -> HeaderMap {
 /// A session answer for `user` on `device` issuing `token`, reporting `purge`.
 fn log_in(c: &LookupCache, user: &str, device: &str, token: &str, purge: &str) {
     let key = HeaderValue::from_static(KEY);
-    let p = c.session(&key, user, device).unwrap();
+    let p = c.session(&key, Some(user), device).unwrap();
     let body = json!({
         "accessToken": token, "expiresAt": "2999-01-01T00:00:00.000Z",
         "users": [{"userId": user}], "lastCachePurge": purge,
@@ -159,17 +159,17 @@ fn answers_older_than_the_ttl_are_gone() {
 fn odd_dates_are_counted_and_never_crash() {
     let c = cache();
     let key = HeaderValue::from_static(KEY);
-    let p = c.session(&key, "u", "d").unwrap();
+    let p = c.session(&key, Some("u"), "d").unwrap();
     let body = json!({"accessToken": "t", "expiresAt": "soon", "lastCachePurge": "yesterday"});
     c.finish_session(p, &answer(&body.to_string()));
     assert_eq!(c.stats().unparseable_dates, 2);
     assert_eq!(c.stats().purges, 0);
     // The token was still issued through the gateway: trusted, for the short time.
     assert!(c.tokens.valid(&TokenHash::of("t"), now_us()).is_some());
-    let p = c.session(&key, "u", "d").unwrap();
+    let p = c.session(&key, Some("u"), "d").unwrap();
     c.finish_session(p, &answer(r#"{"lastCachePurge": 1700000000}"#));
     assert_eq!(c.stats().unparseable_dates, 3);
-    let p = c.session(&key, "u", "d").unwrap();
+    let p = c.session(&key, Some("u"), "d").unwrap();
     c.finish_session(p, &answer("not json"));
     assert_eq!(c.stats().unparseable_dates, 3);
 }
@@ -178,7 +178,7 @@ fn odd_dates_are_counted_and_never_crash() {
 fn failed_sessions_teach_nothing() {
     let c = cache();
     let key = HeaderValue::from_static(KEY);
-    let p = c.session(&key, "u", "d").unwrap();
+    let p = c.session(&key, Some("u"), "d").unwrap();
     let mut res = answer(r#"{"accessToken":"t","lastCachePurge":"2999-01-01T00:00:00Z"}"#);
     *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
     c.finish_session(p, &res);

@@ -3,8 +3,10 @@
 
 pub mod api_key;
 pub mod body;
+pub mod cors;
 pub mod forward;
 pub mod lookup_cache;
+pub mod pass;
 pub mod rate_limit;
 pub mod rescue;
 pub mod session_observer;

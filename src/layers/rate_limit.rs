@@ -359,7 +359,7 @@ mod tests {
     fn session(device: &str) -> Request<Bytes> {
         let mut req = Request::new(Bytes::new());
         req.extensions_mut().insert(SessionFacts {
-            user_id: "u".into(),
+            user_id: Some("u".into()),
             device_id: device.into(),
         });
         req

@@ -72,7 +72,7 @@ where
             let key = req.headers().get(&X_API_KEY);
             let facts = req.extensions().get::<SessionFacts>();
             key.zip(facts)
-                .and_then(|(key, f)| cache.session(key, &f.user_id, &f.device_id))
+                .and_then(|(key, f)| cache.session(key, f.user_id.as_deref(), &f.device_id))
         } else {
             None
         };

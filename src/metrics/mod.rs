@@ -14,6 +14,9 @@
 //! | `gateway_cache_purges_total` | counter | |
 //! | `gateway_inflight_requests` | gauge | |
 //! | `gateway_draining` | gauge | 1 once shutdown has begun |
+//! | `gateway_tunnels_open` | gauge | websocket tunnels open on pass routes |
+//! | `gateway_tunnels_total` | counter | websocket tunnels opened |
+//! | `gateway_stream_idle_closes_total` | counter | `kind` (`body`, `tunnel`) |
 //! | `gateway_build_info` | gauge (always 1) | `version` |
 //! | `process_*` | standard process metrics (CPU, memory, open fds, start time) | |
 //!
@@ -44,7 +47,8 @@ use crate::layers::rescue::OnError;
 use crate::layers::trace::{Finished, Observer};
 use crate::layers::validate::OnReject;
 use crate::ratelimit::{BackendKind, RateLimitStats, Verdict};
-use crate::routes::Route;
+use crate::layers::pass::{StreamCounts, StreamStats};
+use crate::routes::RouteLabel;
 use crate::server::{Health, MetricsRender};
 use children::Children;
 use labels::*;
@@ -81,7 +85,13 @@ pub struct Metrics {
     cache_purges: IntCounter,
     inflight: IntGauge,
     draining: IntGauge,
+    tunnels_open: IntGauge,
+    tunnels: IntCounter,
+    idle_closes: Vec<IntCounter>,
 }
+
+/// `kind` of `gateway_stream_idle_closes_total`.
+const IDLE_KINDS: [&str; 2] = ["body", "tunnel"];
 
 /// Registers collectors and remembers their family names.
 struct Register {
@@ -193,6 +203,20 @@ impl Metrics {
             "gateway_draining",
             "1 once shutdown has begun: the listener is closed and in-flight requests are finishing.",
         )?)?;
+        let tunnels_open = reg.add(IntGauge::new(
+            "gateway_tunnels_open",
+            "Websocket tunnels open on pass routes.",
+        )?)?;
+        let tunnels = reg.add(IntCounter::new(
+            "gateway_tunnels_total",
+            "Websocket tunnels opened on pass routes.",
+        )?)?;
+        let idle_closes = reg.add(counter_vec(
+            "gateway_stream_idle_closes_total",
+            "Pass-route streams closed for moving no byte within their idle timeout, by kind (body: a request or answer body; tunnel: a websocket).",
+            &["kind"],
+        )?)?;
+        let idle_closes = eager(&idle_closes, &IDLE_KINDS, &[()], |k, ()| vec![k])?;
         let build_info = reg.add(IntGaugeVec::new(
             Opts::new(
                 "gateway_build_info",
@@ -236,6 +260,9 @@ impl Metrics {
             cache_purges,
             inflight,
             draining,
+            tunnels_open,
+            tunnels,
+            idle_closes,
         })
     }
 
@@ -265,10 +292,12 @@ impl Metrics {
         health: Arc<Health>,
         cache: Arc<LookupCache>,
         rate_limit: Option<Arc<RateLimitStats>>,
+        streams: Arc<StreamStats>,
     ) -> MetricsRender {
         let m = self.clone();
         Arc::new(move || {
             m.draining.set(i64::from(!health.ready()));
+            m.sync_streams(&streams.snapshot());
             if let Some(stats) = &rate_limit {
                 m.sync_rate_limit(stats);
             }
@@ -276,6 +305,13 @@ impl Metrics {
             m.sync_cache(&cache.stats());
             m.encode()
         })
+    }
+
+    fn sync_streams(&self, s: &StreamCounts) {
+        self.tunnels_open.set(s.tunnels_open);
+        advance(&self.tunnels, s.tunnels);
+        advance(&self.idle_closes[0], s.idle_bodies);
+        advance(&self.idle_closes[1], s.idle_tunnels);
     }
 
     /// Hook for `ValidateLayer::on_reject`: counts each rejected field once per request.
@@ -290,8 +326,8 @@ impl Metrics {
         Arc::new(move |err| m.rescued(err))
     }
 
-    fn validation_failed(&self, route: Route, err: &ApiError) {
-        let route = route_slot(route);
+    fn validation_failed(&self, route: RouteLabel, err: &ApiError) {
+        let route = route.slot();
         let mut seen = 0u32;
         let mut count = |field: usize| {
             if seen & (1 << field) == 0 {
@@ -381,7 +417,7 @@ impl Observer for Metrics {
 
     fn finished(&self, f: &Finished<'_>) {
         self.inflight.dec();
-        let route = route_label_slot(f.route);
+        let route = f.route.slot();
         let method = method_slot(f.method);
         match status_slot(f.status) {
             Some(status) => {

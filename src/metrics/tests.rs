@@ -6,7 +6,6 @@ use http::Method;
 use super::*;
 use crate::error::Violation;
 use crate::layers::trace::Outcome;
-use crate::session::ApiVersion;
 
 fn scrape(m: &Metrics) -> String {
     String::from_utf8(m.encode().1).unwrap()
@@ -21,7 +20,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 fn finished(m: &Metrics, route: &'static str, method: &Method, status: u16) {
     m.started();
     m.finished(&Finished {
-        route,
+        route: RouteLabel::intern(route).unwrap(),
         method,
         status,
         secs: 0.02,
@@ -39,7 +38,7 @@ fn requests_are_counted_by_route_method_and_status() {
         finished(&m, "session_v3", &Method::POST, 200);
     }
     finished(&m, "unmatched", &Method::from_bytes(b"BREW").unwrap(), 418);
-    finished(&m, "no-such-label", &Method::GET, 404);
+    finished(&m, "unmatched", &Method::GET, 404);
     let t = scrape(&m);
     assert_eq!(
         value(
@@ -102,7 +101,7 @@ fn validation_failures_count_each_field_once_per_request() {
         detail: Cow::Borrowed("x"),
     };
     hook(
-        Route::Session(ApiVersion::V5),
+        RouteLabel::intern("session_v5").unwrap(),
         &ApiError::Invalid(vec![
             v("/userId"),
             v("/userId"),
@@ -111,7 +110,7 @@ fn validation_failures_count_each_field_once_per_request() {
         ]),
     );
     hook(
-        Route::Session(ApiVersion::V3),
+        RouteLabel::intern("session_v3").unwrap(),
         &ApiError::BadRequest("malformed".into()),
     );
     let t = scrape(&m);
@@ -178,7 +177,7 @@ fn draining_follows_health_and_build_info_names_the_version() {
         .resolve()
         .unwrap();
     let cache = Arc::new(crate::cache::LookupCache::new(&settings));
-    let render = m.render(health.clone(), cache, None);
+    let render = m.render(health.clone(), cache, None, Default::default());
     let text = |r: &MetricsRender| String::from_utf8(r().1).unwrap();
     assert_eq!(value(&text(&render), "gateway_draining"), Some(0.0));
     health.start_draining();

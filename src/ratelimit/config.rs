@@ -363,7 +363,7 @@ mod tests {
             ..Env::default()
         })
         .unwrap();
-        assert!(!f.to_masked_toml().contains("pass"));
+        assert!(!f.to_masked_toml().contains("-pass@"));
         let c = f.validate().unwrap().rate_limit.unwrap();
         let r = c.redis.as_ref().unwrap();
         assert_eq!(r.url, "redis://:env-pass@127.0.0.1:6380/2");

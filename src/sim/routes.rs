@@ -6,14 +6,14 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method, Response, StatusCode};
-use http_body_util::Full;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 use super::world::{file_json, iso, ApiVersion, SessionInput, World};
 use crate::wire::{bearer, percent_decode, user_ids_from_query};
 
 /// Response body type of the simulator.
-pub(crate) type SimBody = Full<Bytes>;
+pub(crate) type SimBody = crate::body::Body;
 
 /// Largest accepted request body; bigger bodies answer 413.
 pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -22,7 +22,7 @@ pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const MAX_LIST_IDS: usize = 100;
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<SimBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(SimBody::from(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -92,6 +92,33 @@ pub(crate) struct ApiRequest<'a> {
     pub(crate) body: &'a Bytes,
 }
 
+/// Whether a call is served streamed (see [`super::stream`]) rather than by [`handle_api`]:
+/// the websocket, and every `/api/` call the world does not model.
+pub(crate) fn is_streamed(method: &Method, path: &str) -> bool {
+    if path.starts_with("/socket.io/") {
+        return true;
+    }
+    if !path.starts_with("/api/") {
+        return false;
+    }
+    let modelled = match *method {
+        Method::POST => matches!(
+            path,
+            "/api/v3/sessions" | "/api/v4/sessions" | "/api/v5/sessions" | "/api/v5/sessions/visitor"
+        ),
+        Method::GET => {
+            path == "/api/v3/sessions"
+                || path == "/api/v3/users/list"
+                || path == "/api/v3/network-settings/chat"
+                || single_segment(path, "/api/v3/users/").is_some()
+                || single_segment(path, "/api/v3/files/").is_some()
+        }
+        Method::DELETE => path == "/api/v4/sessions",
+        _ => false,
+    };
+    !modelled
+}
+
 /// Routes one upstream API call against the world. `api_key` is the configured key.
 pub(crate) fn handle_api(
     world: &mut World,
@@ -104,6 +131,18 @@ pub(crate) fn handle_api(
         "/api/v5/sessions" => Some(ApiVersion::V5),
         _ => None,
     };
+    if req.method == Method::POST && req.path == "/api/v5/sessions/visitor" {
+        return create_visitor_session(world, api_key, req);
+    }
+    if req.method == Method::GET && req.path == "/api/v3/network-settings/chat" {
+        return with_token(world, req.headers, |_| {
+            json_response(
+                StatusCode::OK,
+                &json!({"chatSettings": {"isEnabled": true, "mentionAllowed": true,
+                    "messageEditable": true, "messageDeletable": true}}),
+            )
+        });
+    }
     match (req.method, session_version) {
         (&Method::POST, Some(version)) => return create_session(world, api_key, version, req),
         (&Method::GET, Some(ApiVersion::V3)) => return verify_session(world, req.headers),
@@ -196,6 +235,39 @@ fn create_session(
         profile_handle: obj.get("profileHandle").and_then(Value::as_str),
     };
     json_response(StatusCode::OK, &world.create_session(version, &input))
+}
+
+/// `POST /api/v5/sessions/visitor`: a session for a device without a user of its own; the
+/// user is made up from the deviceId, as the upstream does for visitors.
+fn create_visitor_session(world: &mut World, api_key: &str, req: &ApiRequest<'_>) -> Response<SimBody> {
+    if !has_api_key(req.headers, api_key) {
+        return unauthorized();
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(req.body) else {
+        return bad_request();
+    };
+    let Some(device_id) = obj
+        .get("deviceId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return validation_error(vec!["deviceId is required".to_owned()]);
+    };
+    let user_id = format!(
+        "visitor-{}",
+        super::world::hex(&sha2::Sha256::digest(device_id.as_bytes())[..8])
+    );
+    let input = SessionInput {
+        user_id: &user_id,
+        device_id,
+        display_name: None,
+        profile_handle: None,
+    };
+    let mut body = world.create_session(ApiVersion::V5, &input);
+    if let Some(o) = body.as_object_mut() {
+        o.insert("userType".into(), Value::String("visitor".into()));
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 fn verify_session(world: &World, headers: &HeaderMap) -> Response<SimBody> {
