@@ -463,9 +463,9 @@ async fn unknown_routes_are_404_in_the_envelope_and_not_forwarded() {
     let env = TestEnv::start().await;
     for (m, p) in [
         (Method::GET, "/"),
-        (Method::POST, "/api/v3/channels"),
-        (Method::PUT, "/api/v3/sessions"),
-        (Method::POST, "/api/v5/sessions/visitor"),
+        (Method::GET, "/admin"),
+        (Method::POST, "/api"),
+        (Method::GET, "/..%2fapi/v3/x"),
         (Method::GET, "/_sim/requests"),
     ] {
         let res = request(

@@ -87,6 +87,11 @@ impl GatewayProcess {
         }
     }
 
+    /// The process id (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and returns at once.
     pub fn term(&self) {
         let pid = self.child.id().to_string();
