@@ -661,3 +661,124 @@ fn check_config_prints_the_table_and_names_a_bad_route() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("\"one\"") && stderr.contains("\"two\"") && stderr.contains("ambiguous"), "{stderr}");
 }
+
+/// The real binary's whole log output, at debug level, for a session, a websocket whose token
+/// is in the query string, and pass requests with bearer tokens and tokens in queries: no token
+/// appears anywhere, and the access lines name the pass route and its path without the query.
+#[tokio::test]
+async fn no_token_from_a_query_or_header_is_logged() {
+    let (_sim, sim_handle) = start_sim().await;
+    let (mut gw, _dir) = common::process::GatewayProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n\
+         [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n",
+        sim_handle.addr
+    ));
+    let addr = gw.listen_addr();
+    let res = post_json(&format!("http://{addr}/api/v5/sessions"), VALID).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let token = res.json()["accessToken"].as_str().unwrap().to_owned();
+    let query_secret = "query-secret-token-3f9a";
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/socket.io/?token={token}&EIO=3&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await.unwrap();
+    let _open = ws.next().await.unwrap().unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    let _echo = ws.next().await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+
+    let res = request(
+        Method::GET,
+        &format!("http://{addr}/api/v3/channels?accessToken={query_secret}&token={token}"),
+        &[("authorization", &format!("Bearer {token}"))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    // A token the upstream refuses, in both places.
+    let res = request(
+        Method::GET,
+        &format!("http://{addr}/api/v3/channels?token={query_secret}"),
+        &[("authorization", &format!("Bearer {query_secret}"))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    // Let the tunnel's closing line be written before the stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (stdout, stderr) = gw.terminate();
+    let all = format!("{}\n{stderr}", stdout.join("\n"));
+    for secret in [token.as_str(), query_secret, KEY] {
+        assert!(!all.contains(secret), "a secret reached the logs:\n{all}");
+    }
+    let lines: Vec<serde_json::Value> = stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let pass: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "access" && l["route"] == "api")
+        .collect();
+    assert_eq!(pass.len(), 2, "{stdout:#?}");
+    assert!(pass.iter().all(|l| l["path"] == "/api/v3/channels"), "{pass:?}");
+    let socket = lines
+        .iter()
+        .find(|l| l["target"] == "access" && l["route"] == "realtime")
+        .expect("an access line for the websocket's upgrade");
+    assert_eq!(socket["path"], "/socket.io/");
+    assert_eq!(socket["status"], 101);
+    let tunnel = lines
+        .iter()
+        .find(|l| l["fields"]["kind"] == "tunnel" || l["kind"] == "tunnel")
+        .unwrap_or_else(|| panic!("a line when the tunnel ended: {stdout:#?}"));
+    let fields = if tunnel["fields"].is_object() { &tunnel["fields"] } else { tunnel };
+    assert!(fields["bytes_from_client"].as_u64().unwrap() > 0, "{tunnel}");
+    assert!(fields["bytes_from_upstream"].as_u64().unwrap() > 0, "{tunnel}");
+}
+
+/// HTTP/2 clients (prior knowledge) reach pass routes too, without the key; a pass route's own
+/// body limit refuses a larger declared body before anything is forwarded.
+#[tokio::test]
+async fn http2_clients_pass_and_route_limits_apply() {
+    let env = TestEnv::start_with(|f| {
+        let routes = &mut f.routes.0;
+        let mut uploads = routes.iter().find(|r| r.name == "api").unwrap().clone();
+        uploads.name = "uploads".into();
+        uploads.prefix = Some("/api/v4/files/".into());
+        uploads.max_body_bytes = Some(1000);
+        routes.push(uploads);
+    })
+    .await;
+    let token = sdk_session(&env).await;
+    let tcp = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(env.url("/api/v3/channels"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-api-key", SDK_KEY)
+        .body(http_body_util::Full::new(Bytes::from_static(b"h2 body")))
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["bodyLength"], 7);
+    assert!(api_keys_seen(&env, "/api/v3/channels").is_empty());
+
+    let auth = format!("Bearer {token}");
+    let res = request(Method::POST, &env.url("/api/v4/files/"), &[("authorization", &auth)], vec![b'x'; 1001]).await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(env.sim.requests().iter().all(|r| !r.path.starts_with("/api/v4/files/")));
+    let res = request(Method::POST, &env.url("/api/v4/files/"), &[("authorization", &auth)], vec![b'x'; 1000]).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.json()["bodyLength"], 1000);
+    env.shutdown().await;
+}
