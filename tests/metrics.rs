@@ -86,7 +86,7 @@ async fn known_traffic_is_counted_by_route_method_status_field_and_upstream_erro
         post_json(&url("/api/v3/sessions"), "{").await.status,
         StatusCode::BAD_REQUEST
     );
-    for p in ["/", "/api/v3/channels"] {
+    for p in ["/", "/v3/channels"] {
         assert_eq!(
             request(Method::GET, &url(p), &[], "").await.status,
             StatusCode::NOT_FOUND
