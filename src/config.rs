@@ -10,36 +10,10 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
-/// Errors while loading configuration; the message names the offending key or value.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
+pub mod shared;
 
-/// The error for a bad value of `key`; every config section reports through it.
-pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
-
-/// `v` if it is greater than 0, else an error naming `key`.
-pub(crate) fn positive(key: &'static str, v: u64) -> Result<u64, ConfigError> {
-    if v == 0 {
-        Err(invalid(key, "must be greater than 0"))
-    } else {
-        Ok(v)
-    }
-}
+use shared::{invalid, positive};
+pub use shared::{ConfigError, Secret};
 
 // ------------------------------------------------------------------ file structs
 
@@ -140,23 +114,6 @@ pub struct ApiKeyFile {
     pub file: Option<PathBuf>,
     /// What to do with an `x-api-key` sent by a client: `strip` (default) or `reject` (400).
     pub client_key: ClientKeyPolicy,
-}
-
-/// A secret read from config: `Debug` and `Serialize` never show it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("****")
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -409,7 +366,7 @@ impl FileConfig {
         };
         let api_key = match (&self.api_key.value, &self.api_key.file) {
             (Some(Secret(v)), _) if !v.trim().is_empty() => {
-                crate::layers::api_key::header_value(v.trim()).map_err(|m| invalid("api_key.value", m))?;
+                shared::key_header(v.trim()).map_err(|m| invalid("api_key.value", m))?;
                 KeySource::Value(v.trim().to_owned())
             }
             (_, Some(p)) => KeySource::File(p.clone()),
@@ -672,5 +629,25 @@ mod tests {
         assert!(!f.to_masked_toml().contains("very-secret"));
         let c = f.resolve(&Env::default()).unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn env_redis_url_wins_and_the_url_is_never_shown() {
+        let mut f = FileConfig::default();
+        f.rate_limit.backend = crate::ratelimit::BackendKind::Redis;
+        f.rate_limit.redis.url = Some(Secret("redis://:file-pass@10.0.0.1:6379".into()));
+        f.apply_env(&Env {
+            api_key: Some("k".into()),
+            redis_url: Some("redis://:env-pass@127.0.0.1:6380/2".into()),
+            ..Env::default()
+        })
+        .unwrap();
+        assert!(!f.to_masked_toml().contains("pass"));
+        let c = f.validate().unwrap().rate_limit.unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.url, "redis://:env-pass@127.0.0.1:6380/2");
+        assert_eq!(r.timeout, Duration::from_millis(5));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pass"), "{shown}");
     }
 }
