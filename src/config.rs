@@ -146,7 +146,7 @@ impl Default for LimitsFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogFile {
     /// `json` (default, for containers) or `pretty`.
@@ -237,16 +237,19 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `None` when rate limiting is disabled.
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    /// Names this configuration: the start of the SHA-256 of the effective file as
+    /// `check-config` prints it (secrets masked), shown in `gateway_config_info`.
+    pub hash: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub handshake_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// `scheme://authority` of the upstream, without a trailing slash.
     pub base: Uri,
@@ -294,11 +297,30 @@ impl Env {
 }
 
 impl FileConfig {
+    /// Parses the file. The error gives the line, column and reason, but not the text of the
+    /// line: it is logged when a reload fails, and the line may hold a secret.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{}{}", at.unwrap_or_default(), mask_quoted(e.message())),
+            }
         })
+    }
+
+    /// Reads `path`, applies the environment overrides and validates: the file as in effect,
+    /// and its typed form. Start-up, `check-config` and every reload go through here.
+    pub fn load_effective(path: &Path, env: &Env) -> Result<(Self, Config), ConfigError> {
+        let mut file = Self::load(path)?;
+        file.apply_env(env)?;
+        let config = file.validate()?;
+        Ok((file, config))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -442,7 +464,17 @@ impl FileConfig {
                 self.tls.handshake_timeout_ms,
             )?))?,
             rate_limit: self.rate_limit.resolve()?,
+            hash: self.hash(),
         })
+    }
+
+    /// The start (12 hex digits) of the SHA-256 of [`FileConfig::to_masked_toml`]: what
+    /// `amity-gateway check-config | sha256sum` prints, so an operator can tell which file a
+    /// replica runs. Secrets are masked before hashing; a changed key alone keeps the hash.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.to_masked_toml().as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The effective config as TOML, secrets masked (for `check-config`).
@@ -470,6 +502,18 @@ impl TlsFile {
                 "tls.key_file is set but no certificate file (GATEWAY_TLS_CERT_FILE)",
             )),
         }
+    }
+}
+
+/// Serde's messages quote a string of the wrong type (`invalid type: string "…"`); that string
+/// may be a secret written in the wrong place, so it is left out.
+fn mask_quoted(message: &str) -> String {
+    match message.split_once("string \"") {
+        Some((head, rest)) => match rest.split_once('"') {
+            Some((_, tail)) => format!("{head}string \"****\"{tail}"),
+            None => format!("{head}string \"****\""),
+        },
+        None => message.to_owned(),
     }
 }
 
@@ -518,6 +562,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_give_the_line_but_not_its_text() {
+        let text = "[server]\nrequest_timeout_ms = 5\n[api_key]\nvalue = 7\nfile = \"/k\"\n[rate_limit]\nrequests = \"sk-secret-1\"\n";
+        let err = FileConfig::from_toml(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        let err = FileConfig::from_toml(
+            &text.replace("value = 7", "value = \"v\""),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 7"), "{err}");
+        assert!(!err.contains("sk-secret-1"), "{err}");
+    }
+
+    #[test]
+    fn the_hash_follows_the_effective_file_but_not_the_secrets() {
+        let a = FileConfig::default().resolve(&env_key()).unwrap();
+        let b = FileConfig::default()
+            .resolve(&Env {
+                api_key: Some("other".into()),
+                ..Env::default()
+            })
+            .unwrap();
+        assert_eq!(a.hash.len(), 12);
+        assert_eq!(a.hash, b.hash, "the key is masked before hashing");
+        let mut f = FileConfig::default();
+        f.rate_limit.requests = 3;
+        assert_ne!(f.resolve(&env_key()).unwrap().hash, a.hash);
     }
 
     #[test]

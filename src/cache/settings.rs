@@ -50,8 +50,9 @@ impl Default for CacheFile {
     }
 }
 
-/// The validated `[cache]` section.
-#[derive(Debug, Clone)]
+/// The validated `[cache]` section. Compared on reload: the cache is kept (entries and all)
+/// when its settings are unchanged.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub enabled: bool,
     pub max_entries: u64,

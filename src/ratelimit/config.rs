@@ -174,7 +174,7 @@ pub struct SketchSize {
 
 /// Where the shared budget lives when `backend = "redis"`. `Debug` hides the URL (it may carry
 /// a password).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     pub url: String,
     pub timeout: Duration,
@@ -191,8 +191,9 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// The validated `[rate_limit]` section.
-#[derive(Debug, Clone)]
+/// The validated `[rate_limit]` section. Compared on reload: the limiter is kept (counters and
+/// all) when its settings are unchanged.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
     pub session: Quota,
     pub per_ip: Option<Quota>,
