@@ -10,36 +10,10 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
-/// Errors while loading configuration; the message names the offending key or value.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
+pub mod shared;
 
-/// The error for a bad value of `key`; every config section reports through it.
-pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
-
-/// `v` if it is greater than 0, else an error naming `key`.
-pub(crate) fn positive(key: &'static str, v: u64) -> Result<u64, ConfigError> {
-    if v == 0 {
-        Err(invalid(key, "must be greater than 0"))
-    } else {
-        Ok(v)
-    }
-}
+use shared::{invalid, positive};
+pub use shared::{ConfigError, Secret};
 
 // ------------------------------------------------------------------ file structs
 
@@ -150,23 +124,6 @@ pub struct ApiKeyFile {
     pub client_key: ClientKeyPolicy,
 }
 
-/// A secret read from config: `Debug` and `Serialize` never show it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("****")
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientKeyPolicy {
@@ -197,7 +154,7 @@ impl Default for LimitsFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogFile {
     /// `json` (default, for containers) or `pretty`.
@@ -291,16 +248,19 @@ pub struct Config {
     /// `None` when CORS is off.
     pub cors: Option<crate::layers::cors::Cors>,
     pub routes: crate::routes::RouteTable,
+    /// Names this configuration: the start of the SHA-256 of the effective file as
+    /// `check-config` prints it (secrets masked), shown in `gateway_config_info`.
+    pub hash: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub handshake_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// `scheme://authority` of the upstream, without a trailing slash.
     pub base: Uri,
@@ -348,11 +308,30 @@ impl Env {
 }
 
 impl FileConfig {
+    /// Parses the file. The error gives the line, column and reason, but not the text of the
+    /// line: it is logged when a reload fails, and the line may hold a secret.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{}{}", at.unwrap_or_default(), mask_quoted(e.message())),
+            }
         })
+    }
+
+    /// Reads `path`, applies the environment overrides and validates: the file as in effect,
+    /// and its typed form. Start-up, `check-config` and every reload go through here.
+    pub fn load_effective(path: &Path, env: &Env) -> Result<(Self, Config), ConfigError> {
+        let mut file = Self::load(path)?;
+        file.apply_env(env)?;
+        let config = file.validate()?;
+        Ok((file, config))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -420,7 +399,7 @@ impl FileConfig {
         };
         let api_key = match (&self.api_key.value, &self.api_key.file) {
             (Some(Secret(v)), _) if !v.trim().is_empty() => {
-                crate::layers::api_key::header_value(v.trim()).map_err(|m| invalid("api_key.value", m))?;
+                shared::key_header(v.trim()).map_err(|m| invalid("api_key.value", m))?;
                 KeySource::Value(v.trim().to_owned())
             }
             (_, Some(p)) => KeySource::File(p.clone()),
@@ -501,7 +480,17 @@ impl FileConfig {
                 &self.routes.0,
                 Duration::from_millis(positive("upstream.idle_timeout_ms", u.idle_timeout_ms)?),
             )?,
+            hash: self.hash(),
         })
+    }
+
+    /// The start (12 hex digits) of the SHA-256 of [`FileConfig::to_masked_toml`]: what
+    /// `amity-gateway check-config | sha256sum` prints, so an operator can tell which file a
+    /// replica runs. Secrets are masked before hashing; a changed key alone keeps the hash.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.to_masked_toml().as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The effective config as TOML, secrets masked (for `check-config`).
@@ -529,6 +518,18 @@ impl TlsFile {
                 "tls.key_file is set but no certificate file (GATEWAY_TLS_CERT_FILE)",
             )),
         }
+    }
+}
+
+/// Serde's messages quote a string of the wrong type (`invalid type: string "…"`); that string
+/// may be a secret written in the wrong place, so it is left out.
+fn mask_quoted(message: &str) -> String {
+    match message.split_once("string \"") {
+        Some((head, rest)) => match rest.split_once('"') {
+            Some((_, tail)) => format!("{head}string \"****\"{tail}"),
+            None => format!("{head}string \"****\""),
+        },
+        None => message.to_owned(),
     }
 }
 
@@ -577,6 +578,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_give_the_line_but_not_its_text() {
+        let text = "[server]\nrequest_timeout_ms = 5\n[api_key]\nvalue = 7\nfile = \"/k\"\n[rate_limit]\nrequests = \"sk-secret-1\"\n";
+        let err = FileConfig::from_toml(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        let err = FileConfig::from_toml(
+            &text.replace("value = 7", "value = \"v\""),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 7"), "{err}");
+        assert!(!err.contains("sk-secret-1"), "{err}");
+    }
+
+    #[test]
+    fn the_hash_follows_the_effective_file_but_not_the_secrets() {
+        let a = FileConfig::default().resolve(&env_key()).unwrap();
+        let b = FileConfig::default()
+            .resolve(&Env {
+                api_key: Some("other".into()),
+                ..Env::default()
+            })
+            .unwrap();
+        assert_eq!(a.hash.len(), 12);
+        assert_eq!(a.hash, b.hash, "the key is masked before hashing");
+        let mut f = FileConfig::default();
+        f.rate_limit.requests = 3;
+        assert_ne!(f.resolve(&env_key()).unwrap().hash, a.hash);
     }
 
     #[test]
@@ -718,5 +752,25 @@ mod tests {
         assert!(!f.to_masked_toml().contains("very-secret"));
         let c = f.resolve(&Env::default()).unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn env_redis_url_wins_and_the_url_is_never_shown() {
+        let mut f = FileConfig::default();
+        f.rate_limit.backend = crate::ratelimit::BackendKind::Redis;
+        f.rate_limit.redis.url = Some(Secret("redis://:file-pass@10.0.0.1:6379".into()));
+        f.apply_env(&Env {
+            api_key: Some("k".into()),
+            redis_url: Some("redis://:env-pass@127.0.0.1:6380/2".into()),
+            ..Env::default()
+        })
+        .unwrap();
+        assert!(!f.to_masked_toml().contains("-pass@"));
+        let c = f.validate().unwrap().rate_limit.unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.url, "redis://:env-pass@127.0.0.1:6380/2");
+        assert_eq!(r.timeout, Duration::from_millis(5));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pass"), "{shown}");
     }
 }

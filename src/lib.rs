@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod ratelimit;

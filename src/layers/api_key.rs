@@ -14,19 +14,12 @@ use http::header::HeaderName;
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
+use crate::config::shared::key_header;
 use crate::config::{ClientKeyPolicy, KeySource};
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
 use crate::reload::Reloading;
 
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// Builds the sensitive header value for a key, or says why it cannot be a header.
-pub fn header_value(key: &str) -> Result<HeaderValue, String> {
-    let mut v = HeaderValue::from_str(key)
-        .map_err(|_| "the key contains characters not allowed in a header".to_owned())?;
-    v.set_sensitive(true);
-    Ok(v)
-}
 
 /// The source of the injected key.
 #[derive(Debug)]
@@ -49,14 +42,14 @@ fn read_key(paths: &[PathBuf]) -> Result<HeaderValue, String> {
     if key.is_empty() {
         return Err(format!("api key file {} is empty", path.display()));
     }
-    header_value(key)
+    key_header(key)
 }
 
 impl ApiKey {
     /// Loads the key once; a missing or empty file fails start-up.
     pub fn load(source: &KeySource) -> Result<Self, String> {
         let inner = match source {
-            KeySource::Value(v) => Inner::Static(header_value(v)?),
+            KeySource::Value(v) => Inner::Static(key_header(v)?),
             KeySource::File(path) => {
                 Inner::File(Reloading::new("api key", vec![path.clone()], read_key)?)
             }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
 
-use crate::config::{invalid, ConfigError};
+use crate::config::shared::{invalid, ConfigError};
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
 
 /// `[cors]` in the config file.

@@ -177,7 +177,7 @@ fn draining_follows_health_and_build_info_names_the_version() {
         .resolve()
         .unwrap();
     let cache = Arc::new(crate::cache::LookupCache::new(&settings));
-    let render = m.render(health.clone(), cache, None, Default::default());
+    let render = m.render(health.clone(), move || (cache.clone(), None), Default::default());
     let text = |r: &MetricsRender| String::from_utf8(r().1).unwrap();
     assert_eq!(value(&text(&render), "gateway_draining"), Some(0.0));
     health.start_draining();
@@ -215,6 +215,8 @@ fn every_family_is_registered_under_the_gateway_prefix_or_process() {
         "gateway_inflight_requests",
         "gateway_draining",
         "gateway_build_info",
+        "gateway_config_reloads_total",
+        "gateway_config_info",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
     ] {

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::label::{RouteLabel, MAX_LABELS};
 use super::Route;
-use crate::config::{invalid, ConfigError};
+use crate::config::shared::{invalid, ConfigError};
 use crate::session::ApiVersion;
 
 // ------------------------------------------------------------------ file structs

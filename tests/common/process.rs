@@ -94,9 +94,39 @@ impl GatewayProcess {
 
     /// Sends SIGTERM and returns at once.
     pub fn term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGHUP (reload the config) and returns at once.
+    pub fn hup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The client and admin listeners' addresses, from the "gateway listening" line.
+    pub fn addrs(&mut self) -> (SocketAddr, SocketAddr) {
+        let line = self.wait_for("listening line", |l| l.contains("gateway listening"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
+        (addr("listen"), addr("admin"))
+    }
+
+    /// Every stdout line read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.stdout
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit; returns (stdout lines, stderr).
