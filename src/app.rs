@@ -103,9 +103,9 @@ impl Gateway {
             listener,
             acceptor,
             service,
-            cfg.header_read_timeout,
+            cfg.connections.clone(),
+            shared.metrics.refusals(),
             shutdown,
-            cfg.drain_timeout,
         )
         .await;
         let _ = admin_stop.send(());

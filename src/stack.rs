@@ -5,14 +5,18 @@
 //!   and stamps `x-request-id` on error responses too.
 //! - **rescue**: every `Err` and panic becomes an envelope response; hyper never sees an `Err`.
 //!   It sees every infrastructure error, so it is where upstream errors are counted by kind.
-//! - **load shed + concurrency limit**: above `max_concurrency` in flight, answer 503 at once
-//!   rather than queue; sits above the timeout so shed requests cost nothing.
+//! - **framing**: HTTP framing rules and the gateway's URI/head limits (`layers::framing`),
+//!   before any route or policy, so a refused request is counted and never forwarded.
 //! - **timeout**: the whole-request budget (body read + upstream), 504 in the envelope.
 //! - **router**: the route table; unknown routes are a 404 here, before any body is read.
 //!
 //! Then one policy chain per kind of route:
 //!
-//! - session: body limit (415/413) → validate (400/422) → rate limit (429) → key injection →
+//! The slot for upstream work (`max_concurrency`, 503 beyond) is taken by the admission layer
+//! right under each body layer, once the body is whole, so a client that never sends its body
+//! holds no slot (`layers::admission`).
+//!
+//! - session: body limit (415/413) → admission → validate (400/422) → rate limit (429) → key injection →
 //!   session observer → forward hygiene → upstream. Validation precedes everything that costs or
 //!   counts, so nothing invalid reaches the limiter or the upstream; its rejections are counted
 //!   per field. The limiter keys on the validated `deviceId` (one budget across v3, v4 and v5)
@@ -21,7 +25,7 @@
 //!   validated facts (deviceId retires older tokens) and reads the answer on its way back; it
 //!   sits below key injection so the network it files the issued token under is named by the
 //!   very key the request carries (the key is read once per request, even while it rotates).
-//! - lookup and pass-through: body limit → key strip → lookup cache → forward hygiene →
+//! - lookup and pass-through: body limit → admission → key strip → lookup cache → forward hygiene →
 //!   upstream. The cache answers only after the client-key policy has run, so a hit never
 //!   skips a rejection, and it sits right above forwarding so a hit costs no header rewriting.
 
@@ -37,9 +41,11 @@ use tower::{Service, ServiceBuilder};
 use crate::cache::LookupCache;
 use crate::config::Config;
 use crate::error::{Body, BoxError};
+use crate::layers::admission::AdmissionLayer;
 use crate::layers::api_key::{ApiKey, ApiKeyLayer};
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
+use crate::layers::framing::FramingLayer;
 use crate::layers::lookup_cache::LookupCacheLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::rescue::RescueLayer;
@@ -106,12 +112,13 @@ where
     let cfg = &shared.config;
     let forward = ForwardLayer::new(&cfg.upstream.base, cfg.upstream.http2);
 
+    let admission = AdmissionLayer::new(cfg.max_concurrency, shared.metrics.refusals());
     let session = ServiceBuilder::new()
-        .layer(BodyLayer::new(
-            cfg.max_body_bytes,
-            cfg.body_read_timeout,
-            true,
-        ))
+        .layer(
+            BodyLayer::new(cfg.max_body_bytes, cfg.body_read_timeout, true)
+                .min_rate(cfg.min_body_rate, cfg.body_rate_grace),
+        )
+        .layer(admission.clone())
         .layer(
             ValidateLayer::new(Rules { secure: cfg.secure }).on_reject(shared.metrics.on_reject()),
         )
@@ -126,11 +133,11 @@ where
         .service(upstream.clone());
 
     let lookup = ServiceBuilder::new()
-        .layer(BodyLayer::new(
-            cfg.max_body_bytes,
-            cfg.body_read_timeout,
-            false,
-        ))
+        .layer(
+            BodyLayer::new(cfg.max_body_bytes, cfg.body_read_timeout, false)
+                .min_rate(cfg.min_body_rate, cfg.body_rate_grace),
+        )
+        .layer(admission)
         .layer(ApiKeyLayer::new(
             shared.api_key.clone(),
             cfg.client_key,
@@ -148,8 +155,7 @@ where
     ServiceBuilder::new()
         .layer(TraceLayer::new(shared.observer.clone()).access(AccessLog::new(&cfg.log)))
         .layer(RescueLayer::new().on_error(shared.metrics.on_error()))
-        .load_shed()
-        .concurrency_limit(cfg.max_concurrency)
+        .layer(FramingLayer::new(cfg.max_uri_bytes, cfg.max_header_bytes))
         .timeout(cfg.request_timeout)
         .service(router)
 }

@@ -13,6 +13,8 @@
 //! | `gateway_cache_entries` | gauge | `cache` |
 //! | `gateway_cache_purges_total` | counter | |
 //! | `gateway_inflight_requests` | gauge | |
+//! | `gateway_refusals_total` | counter | `reason`: concurrency, streams, connections, connections_per_ip |
+//! | `gateway_accept_errors_total` | counter | |
 //! | `gateway_draining` | gauge | 1 once shutdown has begun |
 //! | `gateway_build_info` | gauge (always 1) | `version` |
 //! | `process_*` | standard process metrics (CPU, memory, open fds, start time) | |
@@ -40,6 +42,7 @@ use crate::cache::key::Kind;
 use crate::cache::stats::{CacheResult, CacheStats};
 use crate::cache::LookupCache;
 use crate::error::{ApiError, BoxError, GatewayError};
+use crate::layers::admission::{Refusal, Refusals};
 use crate::layers::rescue::OnError;
 use crate::layers::trace::{Finished, Observer};
 use crate::layers::validate::OnReject;
@@ -81,6 +84,9 @@ pub struct Metrics {
     cache_purges: IntCounter,
     inflight: IntGauge,
     draining: IntGauge,
+    refusal_counts: Vec<IntCounter>,
+    accept_errors: IntCounter,
+    refusals: Arc<Refusals>,
 }
 
 /// Registers collectors and remembers their family names.
@@ -193,6 +199,15 @@ impl Metrics {
             "gateway_draining",
             "1 once shutdown has begun: the listener is closed and in-flight requests are finishing.",
         )?)?;
+        let refusal_counts = reg.add(counter_vec(
+            "gateway_refusals_total",
+            "Work refused before it started, by reason: concurrency (no upstream slot, 503), streams (an HTTP/2 connection's request cap, 503), connections and connections_per_ip (closed at accept).",
+            &["reason"],
+        )?)?;
+        let accept_errors = reg.add(IntCounter::new(
+            "gateway_accept_errors_total",
+            "Accepts that failed (out of file descriptors and the like); the listener backs off and goes on.",
+        )?)?;
         let build_info = reg.add(IntGaugeVec::new(
             Opts::new(
                 "gateway_build_info",
@@ -217,6 +232,9 @@ impl Metrics {
         let cache_requests = eager(&cache_requests, &Kind::ALL, &CacheResult::ALL, |c, r| {
             vec![c.label(), r.label()]
         })?;
+        let refusal_counts = eager(&refusal_counts, &Refusal::ALL, &[()], |r, ()| {
+            vec![r.label()]
+        })?;
         let cache_entries = cache_entries.get_metric_with_label_values(&[LOOKUP_STORE])?;
         let cache_bytes = cache_bytes.get_metric_with_label_values(&[LOOKUP_STORE])?;
 
@@ -236,7 +254,22 @@ impl Metrics {
             cache_purges,
             inflight,
             draining,
+            refusal_counts,
+            accept_errors,
+            refusals: Arc::new(Refusals::default()),
         })
+    }
+
+    /// The counters the listener and the admission layer add to; copied in at each scrape.
+    pub fn refusals(&self) -> Arc<Refusals> {
+        self.refusals.clone()
+    }
+
+    fn sync_refusals(&self) {
+        for (why, c) in Refusal::ALL.iter().zip(&self.refusal_counts) {
+            advance(c, self.refusals.count(*why));
+        }
+        advance(&self.accept_errors, self.refusals.accept_errors());
     }
 
     /// Names of every registered family (histograms without their `_bucket`/`_sum`/`_count`
@@ -269,6 +302,7 @@ impl Metrics {
         let m = self.clone();
         Arc::new(move || {
             m.draining.set(i64::from(!health.ready()));
+            m.sync_refusals();
             if let Some(stats) = &rate_limit {
                 m.sync_rate_limit(stats);
             }
