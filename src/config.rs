@@ -543,16 +543,34 @@ impl FileConfig {
             ));
         }
         for (key, v) in [
-            ("server.min_body_rate_bytes_per_sec", s.min_body_rate_bytes_per_sec),
+            (
+                "server.min_body_rate_bytes_per_sec",
+                s.min_body_rate_bytes_per_sec,
+            ),
             ("server.max_uri_bytes", s.max_uri_bytes as u64),
             ("server.max_header_bytes", s.max_header_bytes as u64),
             ("server.max_connections", s.max_connections as u64),
-            ("server.max_connections_per_ip", s.max_connections_per_ip as u64),
-            ("server.max_streams_per_connection", s.max_streams_per_connection as u64),
-            ("server.http2_max_concurrent_streams", u64::from(s.http2_max_concurrent_streams)),
+            (
+                "server.max_connections_per_ip",
+                s.max_connections_per_ip as u64,
+            ),
+            (
+                "server.max_streams_per_connection",
+                s.max_streams_per_connection as u64,
+            ),
+            (
+                "server.http2_max_concurrent_streams",
+                u64::from(s.http2_max_concurrent_streams),
+            ),
             ("server.first_bytes_timeout_ms", s.first_bytes_timeout_ms),
-            ("server.http2_keep_alive_interval_ms", s.http2_keep_alive_interval_ms),
-            ("server.http2_keep_alive_timeout_ms", s.http2_keep_alive_timeout_ms),
+            (
+                "server.http2_keep_alive_interval_ms",
+                s.http2_keep_alive_interval_ms,
+            ),
+            (
+                "server.http2_keep_alive_timeout_ms",
+                s.http2_keep_alive_timeout_ms,
+            ),
             ("server.http2_idle_timeout_ms", s.http2_idle_timeout_ms),
         ] {
             positive(key, v)?;
@@ -797,6 +815,38 @@ mod tests {
         };
         let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
         assert!(err.contains("tls.cert_file"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_states_the_server_defaults() {
+        let f = FileConfig::from_toml(
+            include_str!("../config/gateway.toml"),
+            Path::new("gateway.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            toml::to_string(&f.server).unwrap(),
+            toml::to_string(&ServerFile::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive_and_inside_hypers() {
+        let mut f = FileConfig::default();
+        f.server.max_streams_per_connection = 0;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_streams_per_connection"), "{err}");
+        let mut f = FileConfig::default();
+        f.server.max_uri_bytes = 70_000;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_uri_bytes"), "{err}");
+        let mut f = FileConfig::default();
+        f.server.max_header_bytes = 1 << 20;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_header_bytes"), "{err}");
+        let c = FileConfig::default().resolve(&env_key()).unwrap();
+        assert_eq!(c.connections.first_bytes_timeout, Duration::from_secs(5));
+        assert_eq!(c.connections.max_streams_per_connection, 128);
     }
 
     #[test]

@@ -171,10 +171,11 @@ pub async fn serve<S>(
                 spawn_connection(&shared, service.clone(), stream, peer);
             }
             // The client gave up before the accept: nothing to back off from.
-            Err(e) if matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
-            ) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => {}
             Err(e) => {
                 shared.refusals.accept_failed();
                 pause = backoff(pause);

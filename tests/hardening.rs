@@ -51,9 +51,8 @@ impl RawAnswer {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -199,7 +198,11 @@ async fn framing_violations_are_refused_in_the_envelope_counted_and_never_forwar
         }
     }
     let after = answered(&scrape(env.gw.admin_addr).await, "400");
-    assert_eq!(after - before, cases.len() as f64, "every refusal is counted");
+    assert_eq!(
+        after - before,
+        cases.len() as f64,
+        "every refusal is counted"
+    );
     assert!(
         env.sim.requests().is_empty(),
         "nothing reached the upstream: {:?}",
@@ -233,7 +236,7 @@ async fn keep_alive_heads_are_followed_so_a_later_bad_one_is_caught() {
     let env = TestEnv::start().await;
     let len = VALID.len();
     let good = session(
-        &format!("Host: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"),
+        "Host: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
         &format!("{len:x}\r\n{VALID}\r\n0\r\n\r\n"),
     );
     let bad = session(
@@ -246,7 +249,11 @@ async fn keep_alive_heads_are_followed_so_a_later_bad_one_is_caught() {
     assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 200);
     s.write_all(&bad).await.unwrap();
     assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 400);
-    assert_eq!(env.sim.requests().len(), 1, "only the good one was forwarded");
+    assert_eq!(
+        env.sim.requests().len(),
+        1,
+        "only the good one was forwarded"
+    );
     env.shutdown().await;
 }
 
@@ -320,7 +327,8 @@ async fn a_silent_connection_and_an_idle_http2_connection_are_closed() {
 }
 
 /// A request body that declares its length and never sends a byte.
-type Never = StreamBody<futures_util::stream::Pending<Result<Frame<Bytes>, std::convert::Infallible>>>;
+type Never =
+    StreamBody<futures_util::stream::Pending<Result<Frame<Bytes>, std::convert::Infallible>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_less_http2_streams_leave_room_for_an_ordinary_session() {
@@ -341,10 +349,12 @@ async fn body_less_http2_streams_leave_room_for_an_ordinary_session() {
     let mut floods = Vec::new();
     for _ in 0..CONNS {
         let tcp = TcpStream::connect(env.gw.addr).await.unwrap();
-        let (send, conn) =
-            hyper::client::conn::http2::handshake::<_, _, Never>(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake::<_, _, Never>(
+            TokioExecutor::new(),
+            TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
         tokio::spawn(conn);
         for _ in 0..STREAMS {
             let mut send = send.clone();
@@ -367,7 +377,11 @@ async fn body_less_http2_streams_leave_room_for_an_ordinary_session() {
         if refused(&s, "streams") >= expected {
             break;
         }
-        assert!(Instant::now() < deadline, "streams refused: {}", refused(&s, "streams"));
+        assert!(
+            Instant::now() < deadline,
+            "streams refused: {}",
+            refused(&s, "streams")
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ordinary = post_json(&env.url("/api/v3/sessions"), VALID).await;
@@ -377,12 +391,24 @@ async fn body_less_http2_streams_leave_room_for_an_ordinary_session() {
         let status = f.await.unwrap().map(|s| s.as_u16()).unwrap_or(0);
         *by_status.entry(status).or_insert(0usize) += 1;
     }
-    assert_eq!(by_status.get(&503), Some(&(CONNS * (STREAMS - CAP))), "{by_status:?}");
+    assert_eq!(
+        by_status.get(&503),
+        Some(&(CONNS * (STREAMS - CAP))),
+        "{by_status:?}"
+    );
     assert_eq!(by_status.get(&408), Some(&(CONNS * CAP)), "{by_status:?}");
     let s = scrape(env.gw.admin_addr).await;
     assert_eq!(refused(&s, "streams"), expected);
-    assert_eq!(refused(&s, "concurrency"), 0.0, "the body-less streams took no slot");
-    assert_eq!(env.sim.requests().len(), 1, "only the ordinary session was forwarded");
+    assert_eq!(
+        refused(&s, "concurrency"),
+        0.0,
+        "the body-less streams took no slot"
+    );
+    assert_eq!(
+        env.sim.requests().len(),
+        1,
+        "only the ordinary session was forwarded"
+    );
     env.shutdown().await;
 }
 
@@ -421,7 +447,10 @@ async fn connections_sending_only_heads_leave_room_for_an_ordinary_session() {
             assert_eq!(refused(&s, "connections_per_ip"), (FLOOD - PER_IP) as f64);
             break;
         }
-        assert!(Instant::now() < deadline, "per-IP refusals never reached the flood's excess");
+        assert!(
+            Instant::now() < deadline,
+            "per-IP refusals never reached the flood's excess"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Another client address, an ordinary session: served.
@@ -499,9 +528,7 @@ async fn sigterm_under_keep_alive_load_answers_every_request_written_and_exits_z
         sim_handle.addr
     ));
     let addr = gw.listen_addr();
-    let clients: Vec<_> = (0..32)
-        .map(|_| tokio::spawn(drain_client(addr)))
-        .collect();
+    let clients: Vec<_> = (0..32).map(|_| tokio::spawn(drain_client(addr))).collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
     gw.term();
     let mut totals = (0, 0, 0);
@@ -513,8 +540,12 @@ async fn sigterm_under_keep_alive_load_answers_every_request_written_and_exits_z
         totals = (totals.0 + w, totals.1 + a, totals.2 + c);
     }
     let (written, answered, closes) = totals;
+    eprintln!("drain: {written} written, {answered} answered, {closes} told to close");
     assert!(written > 32, "the load ran: {written} requests");
-    assert_eq!(answered, written, "every request written got a complete answer");
+    assert_eq!(
+        answered, written,
+        "every request written got a complete answer"
+    );
     assert!(closes >= 32, "each connection was told to close: {closes}");
     let (lines, _) = gw.wait_exit(); // exit status 0
     assert!(

@@ -221,7 +221,11 @@ mod tests {
         let t = Instant::now();
         assert_eq!(cfg.deadline(t, 0), t + Duration::from_secs(2));
         assert_eq!(cfg.deadline(t, 500), t + Duration::from_millis(2500));
-        assert_eq!(cfg.deadline(t, 1 << 40), t + Duration::from_secs(10), "never past the cap");
+        assert_eq!(
+            cfg.deadline(t, 1 << 40),
+            t + Duration::from_secs(10),
+            "never past the cap"
+        );
         let plain = BodyLayer::new(100, Duration::from_secs(10), false);
         assert_eq!(plain.deadline(t, 0), t + Duration::from_secs(10));
     }

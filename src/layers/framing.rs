@@ -95,7 +95,8 @@ impl FramingLayer {
         let cl_lines = facts
             .map_or(0, |f| usize::from(f.content_length_lines))
             .max(headers.get_all(CONTENT_LENGTH).iter().count());
-        let te = facts.is_some_and(|f| f.transfer_encoding) || headers.contains_key(TRANSFER_ENCODING);
+        let te =
+            facts.is_some_and(|f| f.transfer_encoding) || headers.contains_key(TRANSFER_ENCODING);
         if te && cl_lines > 0 {
             return Some((
                 bad("content-length and transfer-encoding must not be combined"),
@@ -195,14 +196,19 @@ mod tests {
     }
 
     fn status(r: &Request<()>) -> Option<(u16, bool)> {
-        layer().check(r).map(|(e, close)| (e.status().as_u16(), close))
+        layer()
+            .check(r)
+            .map(|(e, close)| (e.status().as_u16(), close))
     }
 
     #[test]
     fn one_host_on_http11() {
         assert_eq!(status(&req(&[("host", "a")])), None);
         assert_eq!(status(&req(&[])), Some((400, false)));
-        assert_eq!(status(&req(&[("host", "a"), ("host", "a")])), Some((400, false)));
+        assert_eq!(
+            status(&req(&[("host", "a"), ("host", "a")])),
+            Some((400, false))
+        );
         let mut r = req(&[]);
         *r.version_mut() = Version::HTTP_10;
         assert_eq!(status(&r), None, "HTTP/1.0 has no Host requirement");
@@ -212,7 +218,13 @@ mod tests {
 
     #[test]
     fn deciding_headers_appear_once() {
-        for name in ["content-type", "content-encoding", "authorization", "origin", "content-length"] {
+        for name in [
+            "content-type",
+            "content-encoding",
+            "authorization",
+            "origin",
+            "content-length",
+        ] {
             let r = req(&[("host", "a"), (name, "1"), (name, "1")]);
             assert_eq!(status(&r), Some((400, false)), "{name}");
         }
@@ -234,7 +246,11 @@ mod tests {
             transfer_encoding: true,
         });
         assert_eq!(status(&r), Some((400, true)));
-        let r = req(&[("host", "a"), ("transfer-encoding", "chunked"), ("content-length", "1")]);
+        let r = req(&[
+            ("host", "a"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "1"),
+        ]);
         assert_eq!(status(&r), Some((400, true)));
     }
 

@@ -150,7 +150,11 @@ mod tests {
         assert_eq!(p, Protocol::Http2);
         assert_eq!(all, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nrest");
         let (p, _) = detect_bytes(&[b"PRI * HTTP/1.1\r\n"]).await;
-        assert_eq!(p, Protocol::Http1, "a near miss is HTTP/1, which refuses it");
+        assert_eq!(
+            p,
+            Protocol::Http1,
+            "a near miss is HTTP/1, which refuses it"
+        );
     }
 
     #[tokio::test]

@@ -318,10 +318,20 @@ GET /e HTTP/1.1\r\nHost: x\r\n\r\n";
 
     #[test]
     fn stops_on_what_it_cannot_follow() {
-        assert_eq!(facts(b"\x00\x01garbage\r\n\r\nGET / HTTP/1.1\r\n\r\n", 5), vec![]);
-        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(HYPER_MAX_HEAD + 1));
+        assert_eq!(
+            facts(b"\x00\x01garbage\r\n\r\nGET / HTTP/1.1\r\n\r\n", 5),
+            vec![]
+        );
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n",
+            "a".repeat(HYPER_MAX_HEAD + 1)
+        );
         assert_eq!(facts(huge.as_bytes(), 4096), vec![]);
         let bad_len = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(facts(bad_len, 3).len(), 1, "nothing after a length it cannot read");
+        assert_eq!(
+            facts(bad_len, 3).len(),
+            1,
+            "nothing after a length it cannot read"
+        );
     }
 }
