@@ -411,7 +411,11 @@ where
         Box::pin(async move {
             let mut res = fut.await?;
             drop(in_progress);
-            if http1 && draining.load(Ordering::Acquire) {
+            // Not on 101: its `Connection: upgrade` hands the connection over instead.
+            if http1
+                && draining.load(Ordering::Acquire)
+                && res.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
                 res.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

@@ -554,3 +554,42 @@ async fn sigterm_under_keep_alive_load_answers_every_request_written_and_exits_z
     );
     sim_handle.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_is_survived_counted_and_logged() {
+    let (_sim, sim_handle) = start_sim().await;
+    let (mut gw, _dir) = GatewayProcess::start_with_fd_limit(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\n",
+            sim_handle.addr
+        ),
+        48,
+    );
+    let line = gw.wait_for("listening line", |l| l.contains("gateway listening"));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr: SocketAddr = v["listen"].as_str().unwrap().parse().unwrap();
+    let admin: SocketAddr = v["admin"].as_str().unwrap().parse().unwrap();
+    // More connections than the process may hold descriptors: the kernel completes them in
+    // the backlog, the gateway's accepts fail.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(
+            TcpStream::connect(addr)
+                .await
+                .expect("the backlog takes it"),
+        );
+    }
+    gw.wait_for("a failed accept in the log", |l| {
+        l.contains("accept failed")
+    });
+    drop(held);
+    // Descriptors come back as those connections end; the listener goes on.
+    let res = post_json(&format!("http://{addr}/api/v3/sessions"), VALID).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let s = scrape(admin).await;
+    let failed = value(&s, "gateway_accept_errors_total", &[]).unwrap_or(0.0);
+    assert!(failed >= 1.0, "accept failures are counted: {failed}");
+    gw.terminate();
+    sim_handle.stop().await;
+}
