@@ -103,7 +103,8 @@ struct Listener {
     /// Set once the drain starts: HTTP/1 answers then carry `Connection: close`.
     draining: Arc<AtomicBool>,
     drain: watch::Receiver<bool>,
-    /// One sender per live connection; the drain waits until all are dropped.
+    /// Never sent on: each connection task holds a clone, so the drain knows the last
+    /// connection has ended when the receiver sees the channel close.
     alive: mpsc::Sender<()>,
 }
 
