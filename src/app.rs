@@ -146,9 +146,9 @@ impl Gateway {
             listener,
             acceptor,
             service,
-            cfg.header_read_timeout,
+            cfg.connections.clone(),
+            first.metrics.refusals(),
             shutdown,
-            cfg.drain_timeout,
         )
         .await;
         if let Some(f) = follower {

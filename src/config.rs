@@ -57,6 +57,39 @@ pub struct ServerFile {
     /// Runtime threads: 0 (default) `TOKIO_WORKER_THREADS` if set, else one per CPU the process
     /// may use; N that many. When it comes out as 1, one current-thread runtime does everything.
     pub worker_threads: usize,
+    /// A body must arrive at this average rate (bytes per second) once `body_rate_grace_ms` has
+    /// passed; a slower one is cut with 408. Default 1024.
+    pub min_body_rate_bytes_per_sec: u64,
+    /// Time a body may take before `min_body_rate_bytes_per_sec` applies. Default 2000 ms.
+    pub body_rate_grace_ms: u64,
+    /// Longest request target (path and query) answered; longer gets 414. Default 8192.
+    pub max_uri_bytes: usize,
+    /// Largest request head (every header name and value, plus 4 bytes per line); larger gets
+    /// 431. Default 32768.
+    pub max_header_bytes: usize,
+    /// Open client connections at most; further accepts are closed at once. Default 10000.
+    pub max_connections: usize,
+    /// Open client connections from one IP address at most. Default 1024.
+    pub max_connections_per_ip: usize,
+    /// Requests in progress on one HTTP/2 connection at most; further streams get 503.
+    /// Default 128.
+    pub max_streams_per_connection: usize,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to HTTP/2 clients: streams past it are
+    /// reset by the protocol itself, uncounted. Default 256.
+    pub http2_max_concurrent_streams: u32,
+    /// Time a new connection gets to send enough bytes to tell HTTP/1 from HTTP/2 (after the
+    /// TLS handshake, when TLS is on). Default 5000 ms.
+    pub first_bytes_timeout_ms: u64,
+    /// Interval of HTTP/2 keep-alive pings. Default 20000 ms.
+    pub http2_keep_alive_interval_ms: u64,
+    /// Time an HTTP/2 ping has to be answered before the connection is closed. Default 10000 ms.
+    pub http2_keep_alive_timeout_ms: u64,
+    /// An HTTP/2 connection with no request in progress for this long is closed (GOAWAY).
+    /// Default 60000 ms. (An idle HTTP/1 connection is closed by `header_read_timeout_ms`.)
+    pub http2_idle_timeout_ms: u64,
+    /// During the drain, an idle HTTP/1 keep-alive connection is closed after this grace (a
+    /// request it sends before then is answered, with `Connection: close`). Default 1000 ms.
+    pub drain_idle_grace_ms: u64,
 }
 
 impl Default for ServerFile {
@@ -70,6 +103,19 @@ impl Default for ServerFile {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             worker_threads: 0,
+            min_body_rate_bytes_per_sec: 1024,
+            body_rate_grace_ms: 2_000,
+            max_uri_bytes: 8192,
+            max_header_bytes: 32 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 1024,
+            max_streams_per_connection: 128,
+            http2_max_concurrent_streams: 256,
+            first_bytes_timeout_ms: 5_000,
+            http2_keep_alive_interval_ms: 20_000,
+            http2_keep_alive_timeout_ms: 10_000,
+            http2_idle_timeout_ms: 60_000,
+            drain_idle_grace_ms: 1_000,
         }
     }
 }
@@ -206,6 +252,12 @@ impl Default for TlsFile {
 
 // ------------------------------------------------------------------ runtime config
 
+/// hyper's own limit on an HTTP/1 request target (65534 bytes); past it hyper answers 414 itself.
+pub const HYPER_MAX_URI: usize = u16::MAX as usize - 1;
+/// A request head the listener still reads whole (see `server`), so the gateway's own 431
+/// answers first: HTTP/1 heads are read up to 64 KiB, HTTP/2 header lists up to this too.
+pub const HYPER_MAX_HEAD: usize = 64 * 1024;
+
 /// Where the injected key comes from. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -232,6 +284,13 @@ pub struct Config {
     pub max_concurrency: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// Minimum body data rate (bytes per second) after `body_rate_grace`.
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    /// Connection lifecycle and caps, for the listener.
+    pub connections: Connections,
     /// 0: `TOKIO_WORKER_THREADS`, else one per usable CPU; N: N. One means a current-thread runtime.
     pub worker_threads: usize,
     pub upstream: Upstream,
@@ -251,6 +310,49 @@ pub struct Config {
     /// Names this configuration: the start of the SHA-256 of the effective file as
     /// `check-config` prints it (secrets masked), shown in `gateway_config_info`.
     pub hash: String,
+}
+
+/// How the client listener treats connections (see `server`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connections {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub max_streams_per_connection: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub header_read_timeout: Duration,
+    pub first_bytes_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+    pub http2_idle_timeout: Duration,
+    pub drain_idle_grace: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Connections {
+    /// Limits for a small internal listener (the admin endpoints): the defaults of the file.
+    pub fn internal() -> Self {
+        ServerFile::default().connections()
+    }
+}
+
+impl ServerFile {
+    /// The connection part of `[server]`; unchecked (see [`FileConfig::validate`]).
+    fn connections(&self) -> Connections {
+        let ms = Duration::from_millis;
+        Connections {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+            max_streams_per_connection: self.max_streams_per_connection,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            first_bytes_timeout: ms(self.first_bytes_timeout_ms),
+            http2_keep_alive_interval: ms(self.http2_keep_alive_interval_ms),
+            http2_keep_alive_timeout: ms(self.http2_keep_alive_timeout_ms),
+            http2_idle_timeout: ms(self.http2_idle_timeout_ms),
+            drain_idle_grace: ms(self.drain_idle_grace_ms),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -430,7 +532,58 @@ impl FileConfig {
                 ),
             ));
         }
+        for (key, v) in [
+            (
+                "server.min_body_rate_bytes_per_sec",
+                s.min_body_rate_bytes_per_sec,
+            ),
+            ("server.max_uri_bytes", s.max_uri_bytes as u64),
+            ("server.max_header_bytes", s.max_header_bytes as u64),
+            ("server.max_connections", s.max_connections as u64),
+            (
+                "server.max_connections_per_ip",
+                s.max_connections_per_ip as u64,
+            ),
+            (
+                "server.max_streams_per_connection",
+                s.max_streams_per_connection as u64,
+            ),
+            (
+                "server.http2_max_concurrent_streams",
+                u64::from(s.http2_max_concurrent_streams),
+            ),
+            ("server.first_bytes_timeout_ms", s.first_bytes_timeout_ms),
+            (
+                "server.http2_keep_alive_interval_ms",
+                s.http2_keep_alive_interval_ms,
+            ),
+            (
+                "server.http2_keep_alive_timeout_ms",
+                s.http2_keep_alive_timeout_ms,
+            ),
+            ("server.http2_idle_timeout_ms", s.http2_idle_timeout_ms),
+        ] {
+            positive(key, v)?;
+        }
+        // Past these hyper answers by itself (414/431 with an empty body, uncounted).
+        if s.max_uri_bytes > HYPER_MAX_URI {
+            return Err(invalid(
+                "server.max_uri_bytes",
+                format!("must be at most {HYPER_MAX_URI}"),
+            ));
+        }
+        if s.max_header_bytes > HYPER_MAX_HEAD {
+            return Err(invalid(
+                "server.max_header_bytes",
+                format!("must be at most {HYPER_MAX_HEAD}"),
+            ));
+        }
         Ok(Config {
+            min_body_rate: s.min_body_rate_bytes_per_sec,
+            body_rate_grace: Duration::from_millis(s.body_rate_grace_ms),
+            max_uri_bytes: s.max_uri_bytes,
+            max_header_bytes: s.max_header_bytes,
+            connections: s.connections(),
             listen: addr("server.listen", &s.listen)?,
             admin_listen: addr("server.admin_listen", &s.admin_listen)?,
             drain_timeout: Duration::from_secs(s.drain_timeout_secs),
@@ -742,6 +895,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("open"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_states_the_server_defaults() {
+        let f = FileConfig::from_toml(
+            include_str!("../config/gateway.toml"),
+            Path::new("gateway.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            toml::to_string(&f.server).unwrap(),
+            toml::to_string(&ServerFile::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive_and_inside_hypers() {
+        let mut f = FileConfig::default();
+        f.server.max_streams_per_connection = 0;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_streams_per_connection"), "{err}");
+        let mut f = FileConfig::default();
+        f.server.max_uri_bytes = 70_000;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_uri_bytes"), "{err}");
+        let mut f = FileConfig::default();
+        f.server.max_header_bytes = 1 << 20;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_header_bytes"), "{err}");
+        let c = FileConfig::default().resolve(&env_key()).unwrap();
+        assert_eq!(c.connections.first_bytes_timeout, Duration::from_secs(5));
+        assert_eq!(c.connections.max_streams_per_connection, 128);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub enum ApiError {
     RequestTimeout,
     /// 413: the body exceeds `limits.max_body_bytes`.
     PayloadTooLarge { limit: usize },
+    /// 414: the request target is longer than `server.max_uri_bytes`.
+    UriTooLong { limit: usize },
+    /// 431: the request head is larger than `server.max_header_bytes`.
+    HeadersTooLarge { limit: usize },
     /// 404: the route is not served by this gateway.
     NotFound,
     /// 403: refused by policy (a browser origin that is not allowed on a key-carrying route).
@@ -102,6 +106,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -119,7 +125,9 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::UnsupportedMediaType(_)
             | ApiError::RequestTimeout
-            | ApiError::PayloadTooLarge { .. } => 400000,
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UriTooLong { .. }
+            | ApiError::HeadersTooLarge { .. } => 400000,
             ApiError::NotFound => 400400,
             ApiError::Forbidden(_) => 400300,
             ApiError::RateLimited { .. } => 400311,
@@ -137,7 +145,9 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::UnsupportedMediaType(_)
             | ApiError::RequestTimeout
-            | ApiError::PayloadTooLarge { .. } => "Bad Request.",
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UriTooLong { .. }
+            | ApiError::HeadersTooLarge { .. } => "Bad Request.",
             ApiError::NotFound => "Not Found.",
             ApiError::Forbidden(_) => "Forbidden error.",
             ApiError::RateLimited { .. } => "RateLimit Exceed.",
@@ -165,6 +175,12 @@ impl ApiError {
             ApiError::RequestTimeout => one("request body not received in time".into()),
             ApiError::PayloadTooLarge { limit } => {
                 one(format!("body must be at most {limit} bytes").into())
+            }
+            ApiError::UriTooLong { limit } => {
+                one(format!("request target must be at most {limit} bytes").into())
+            }
+            ApiError::HeadersTooLarge { limit } => {
+                one(format!("request headers must be at most {limit} bytes").into())
             }
             ApiError::NotFound => one("route not served by this gateway".into()),
             ApiError::RateLimited { retry_after } => {

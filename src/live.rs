@@ -201,7 +201,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             old.admin_listen, new.admin_listen
         ));
     }
-    let fixed: [(&str, bool); 6] = [
+    let fixed: [(&str, bool); 7] = [
         (
             "server.worker_threads",
             old.worker_threads != new.worker_threads,
@@ -215,6 +215,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             old.header_read_timeout != new.header_read_timeout,
         ),
         ("[tls]", old.tls != new.tls),
+        (
+            "[server] connection limits and timeouts (max_connections*, max_streams_per_connection, http2_*, first_bytes_timeout_ms, drain_idle_grace_ms)",
+            old.connections != new.connections,
+        ),
         ("log.format", old.log.format != new.log.format),
         ("log.level", old.log.level != new.log.level),
     ];

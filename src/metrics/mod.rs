@@ -13,6 +13,8 @@
 //! | `gateway_cache_entries` | gauge | `cache` |
 //! | `gateway_cache_purges_total` | counter | |
 //! | `gateway_inflight_requests` | gauge | |
+//! | `gateway_refusals_total` | counter | `reason`: concurrency, streams, connections, connections_per_ip |
+//! | `gateway_accept_errors_total` | counter | |
 //! | `gateway_draining` | gauge | 1 once shutdown has begun |
 //! | `gateway_tunnels_open` | gauge | websocket tunnels open on pass routes |
 //! | `gateway_tunnels_total` | counter | websocket tunnels opened |
@@ -46,6 +48,7 @@ use crate::cache::key::Kind;
 use crate::cache::stats::CacheResult;
 use crate::cache::LookupCache;
 use crate::error::{ApiError, BoxError, GatewayError};
+use crate::layers::admission::{Refusal, Refusals};
 use crate::layers::rescue::OnError;
 use crate::layers::trace::{Finished, Observer};
 use crate::layers::validate::OnReject;
@@ -96,6 +99,9 @@ pub struct Metrics {
     /// Held while the mirrors are brought up to their sources, and while a reload swaps
     /// those sources, so that no scrape reads a retired source after its mirrors were reset.
     syncing: Mutex<()>,
+    refusal_counts: Vec<Mirror>,
+    accept_errors: Mirror,
+    refusals: Arc<Refusals>,
 }
 
 /// A counter that mirrors a count kept elsewhere (the cache's, the limiter's), brought up to it
@@ -261,6 +267,15 @@ impl Metrics {
                 "Always 1; `hash` names the configuration in use (the start of the SHA-256 of `check-config`'s output).",
             ),
             &["hash"],
+)?)?;
+        let refusal_counts = reg.add(counter_vec(
+            "gateway_refusals_total",
+            "Work refused before it started, by reason: concurrency (no upstream slot, 503), streams (an HTTP/2 connection's request cap, 503), connections and connections_per_ip (closed at accept).",
+            &["reason"],
+        )?)?;
+        let accept_errors = reg.add(IntCounter::new(
+            "gateway_accept_errors_total",
+            "Accepts that failed (out of file descriptors and the like); the listener backs off and goes on.",
         )?)?;
         let build_info = reg.add(IntGaugeVec::new(
             Opts::new(
@@ -287,6 +302,9 @@ impl Metrics {
             vec![c.label(), r.label()]
         })?;
         let config_reloads = eager(&config_reloads, &["ok", "error"], &[()], |r, ()| vec![r])?;
+        let refusal_counts = eager(&refusal_counts, &Refusal::ALL, &[()], |r, ()| {
+            vec![r.label()]
+        })?;
         let cache_entries = cache_entries.get_metric_with_label_values(&[LOOKUP_STORE])?;
         let cache_bytes = cache_bytes.get_metric_with_label_values(&[LOOKUP_STORE])?;
 
@@ -312,7 +330,22 @@ impl Metrics {
             config_reloads,
             config_info,
             syncing: Mutex::new(()),
+            refusal_counts: refusal_counts.into_iter().map(Mirror::new).collect(),
+            accept_errors: Mirror::new(accept_errors),
+            refusals: Arc::new(Refusals::default()),
         })
+    }
+
+    /// The counters the listener and the admission layer add to; copied in at each scrape.
+    pub fn refusals(&self) -> Arc<Refusals> {
+        self.refusals.clone()
+    }
+
+    fn sync_refusals(&self) {
+        for (why, c) in Refusal::ALL.iter().zip(&self.refusal_counts) {
+            c.follow(self.refusals.count(*why));
+        }
+        self.accept_errors.follow(self.refusals.accept_errors());
     }
 
     /// Names of every registered family (histograms without their `_bucket`/`_sum`/`_count`
@@ -346,6 +379,7 @@ impl Metrics {
         let m = self.clone();
         Arc::new(move || {
             m.draining.set(i64::from(!health.ready()));
+            m.sync_refusals();
             m.sync_streams(&streams.snapshot());
             {
                 let _syncing = m.syncing.lock().unwrap_or_else(PoisonError::into_inner);

@@ -28,10 +28,23 @@ impl GatewayProcess {
     /// Runs `amity-gateway serve` on `config` (TOML text) with the test key in `AMITY_API_KEY`
     /// and no other gateway variable from the test's environment.
     pub fn start(config: &str) -> (Self, tempfile::TempDir) {
+        Self::start_in(config, Command::new(env!("CARGO_BIN_EXE_amity-gateway")))
+    }
+
+    /// [`GatewayProcess::start`] with at most `nofile` open file descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(config: &str, nofile: u32) -> (Self, tempfile::TempDir) {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_amity-gateway"));
+        Self::start_in(config, sh)
+    }
+
+    fn start_in(config: &str, mut command: Command) -> (Self, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amity-gateway"))
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&path)
