@@ -123,6 +123,11 @@ impl Lookup {
                 // parser treats commas, indices or repeats are cached: repeated `userIds=` or
                 // `userIds[]=` (plain or percent-encoded), each id once. Anything else is
                 // forwarded uncached, so a hit never answers a query the upstream reads otherwise.
+                // The cap is checked before any id is decoded: a long list costs one count.
+                let count = pairs(query).count();
+                if count == 0 || count > MAX_LIST_IDS {
+                    return None;
+                }
                 let unambiguous = pairs(query).all(|(k, v)| {
                     matches!(percent_decode(k, true).as_str(), "userIds" | "userIds[]")
                         && !percent_decode(v, true).contains(',')
@@ -130,8 +135,8 @@ impl Lookup {
                 if !unambiguous {
                     return None;
                 }
-                let ids = user_ids_from_query(query);
-                if ids.is_empty() || ids.len() > MAX_LIST_IDS || ids.len() != pairs(query).count() {
+                let ids = user_ids_from_query(query, MAX_LIST_IDS).ok()?;
+                if ids.len() != count {
                     return None;
                 }
                 ids

@@ -237,14 +237,13 @@ fn get_user(world: &World, user_id: &str) -> Response<SimBody> {
 
 /// `GET /api/v3/users/list`: every requested id must exist (else 404 "Some userId Not Found").
 fn list_users(world: &World, query: Option<&str>) -> Response<SimBody> {
-    let ids = user_ids_from_query(query.unwrap_or(""));
-    if ids.is_empty() {
-        return validation_error(vec!["userIds is required".to_owned()]);
-    }
-    if ids.len() > MAX_LIST_IDS {
+    let Ok(ids) = user_ids_from_query(query.unwrap_or(""), MAX_LIST_IDS) else {
         return validation_error(vec![format!(
             "userIds must have at most {MAX_LIST_IDS} items"
         )]);
+    };
+    if ids.is_empty() {
+        return validation_error(vec!["userIds is required".to_owned()]);
     }
     let mut users = Vec::with_capacity(ids.len());
     let mut files = Vec::with_capacity(ids.len());
