@@ -161,6 +161,15 @@ fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
         .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
+/// The user whose every token a `DELETE /api/v4/sessions?userId=U` revokes (an admin call),
+/// decoded as the upstream decodes it. Every `userId` when repeated: any of them may be the
+/// one the upstream reads.
+pub fn revoked_users(uri: &Uri) -> impl Iterator<Item = String> + '_ {
+    pairs(uri.query().unwrap_or(""))
+        .filter(|(k, _)| matches!(percent_decode(k, true).as_str(), "userId" | "userId[]"))
+        .map(|(_, v)| percent_decode(v, true))
+}
+
 /// `Some(())` when the query asks for the public user view: no parameter but at most one
 /// `type=public`.
 fn public_only(query: &str) -> Option<()> {
