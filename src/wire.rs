@@ -118,27 +118,15 @@ mod tests {
     #[test]
     fn user_ids_accepts_every_encoding() {
         let want = vec!["a".to_owned(), "b c".to_owned(), "d/e".to_owned()];
-        assert_eq!(
-            ids("userIds=a&userIds=b+c&userIds=d%2Fe"),
-            want
-        );
-        assert_eq!(
-            ids("userIds[]=a&userIds[]=b%20c&userIds[]=d/e"),
-            want
-        );
+        assert_eq!(ids("userIds=a&userIds=b+c&userIds=d%2Fe"), want);
+        assert_eq!(ids("userIds[]=a&userIds[]=b%20c&userIds[]=d/e"), want);
         assert_eq!(
             ids("userIds%5B%5D=a&userIds%5b%5d=b+c&userIds%5B%5D=d%2Fe"),
             want
         );
-        assert_eq!(
-            ids("userIds[0]=a&userIds[1]=b+c&userIds[2]=d/e"),
-            want
-        );
+        assert_eq!(ids("userIds[0]=a&userIds[1]=b+c&userIds[2]=d/e"), want);
         assert_eq!(ids("userIds=a,b%20c,d%2Fe&x=1"), want);
-        assert_eq!(
-            ids("userIds=a%2Cb+c&userIds=a&other=z"),
-            vec!["a", "b c"]
-        );
+        assert_eq!(ids("userIds=a%2Cb+c&userIds=a&other=z"), vec!["a", "b c"]);
         assert!(ids("").is_empty());
         assert!(ids("userIdsX=a&userIds[x]=b&=&&").is_empty());
     }
@@ -151,24 +139,48 @@ mod tests {
     fn a_6000_id_query_is_read_in_linear_steps_or_refused_at_the_cap() {
         let repeated: String = (0..6000).map(|_| "userIds=a&").collect();
         let mut steps = 0;
-        assert_eq!(user_ids_counted(&repeated, 100, &mut steps), Ok(vec!["a".to_owned()]));
-        assert!(steps <= 2 * repeated.len() as u64, "{steps} for {}", repeated.len());
+        assert_eq!(
+            user_ids_counted(&repeated, 100, &mut steps),
+            Ok(vec!["a".to_owned()])
+        );
+        assert!(
+            steps <= 2 * repeated.len() as u64,
+            "{steps} for {}",
+            repeated.len()
+        );
         let short: String = (0..1000).map(|_| "userIds=a&").collect();
         let mut short_steps = 0;
         user_ids_counted(&short, 100, &mut short_steps).unwrap();
         // Six times the length, six times the steps (give or take the first id's): linear.
-        assert!(steps.abs_diff(6 * short_steps) <= 6, "{steps} vs {short_steps}");
+        assert!(
+            steps.abs_diff(6 * short_steps) <= 6,
+            "{steps} vs {short_steps}"
+        );
 
         for distinct in [
-            (0..6000).map(|i| format!("userIds={i}&")).collect::<String>(),
-            format!("userIds={}", (0..6000).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+            (0..6000)
+                .map(|i| format!("userIds={i}&"))
+                .collect::<String>(),
+            format!(
+                "userIds={}",
+                (0..6000)
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         ] {
             let mut steps = 0;
             assert_eq!(user_ids_counted(&distinct, 100, &mut steps), Err(TooMany));
             // At most the bytes of one value and the first 101 ids' comparisons.
             assert!(steps < 30_000 + 101 * 100, "{steps}");
         }
-        assert_eq!(ids(&(0..100).map(|i| format!("userIds={i}&")).collect::<String>()).len(), 100);
+        assert_eq!(
+            ids(&(0..100)
+                .map(|i| format!("userIds={i}&"))
+                .collect::<String>())
+            .len(),
+            100
+        );
     }
 
     #[test]

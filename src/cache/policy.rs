@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn what_may_be_kept_and_for_whom() {
         assert_eq!(keep(&headers(&[])), Keep::Shared);
-        assert_eq!(keep(&headers(&[("content-encoding", "identity")])), Keep::Shared);
+        assert_eq!(
+            keep(&headers(&[("content-encoding", "identity")])),
+            Keep::Shared
+        );
         assert_eq!(keep(&headers(&[("vary", "Accept-Encoding")])), Keep::Shared);
         for never in [
             &[("content-encoding", "gzip")][..],
@@ -96,12 +99,12 @@ mod tests {
         ] {
             assert_eq!(keep(&headers(never)), Keep::Never, "{never:?}");
         }
-        for own in [
-            "private",
-            "max-age=60,PRIVATE",
-            "private=\"set-cookie\"",
-        ] {
-            assert_eq!(keep(&headers(&[("cache-control", own)])), Keep::Own, "{own}");
+        for own in ["private", "max-age=60,PRIVATE", "private=\"set-cookie\""] {
+            assert_eq!(
+                keep(&headers(&[("cache-control", own)])),
+                Keep::Own,
+                "{own}"
+            );
         }
     }
 

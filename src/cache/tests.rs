@@ -216,8 +216,10 @@ fn compressed_answers_are_not_kept() {
         panic!("expected a forward");
     };
     let mut res = answer("\u{1f}\u{8b}compressed");
-    res.headers_mut()
-        .insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    res.headers_mut().insert(
+        http::header::CONTENT_ENCODING,
+        HeaderValue::from_static("gzip"),
+    );
     c.finish(p, &mut res);
     assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
 }

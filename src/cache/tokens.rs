@@ -207,14 +207,16 @@ impl TokenRegistry {
     /// (the upstream retires it on success, possibly before its answer is read, or ever read).
     pub fn session_sent(&self, device: DeviceHash) {
         let mut retired = None;
-        self.devices.entry(device).and_compute_with(|old| match old {
-            Some(e) => {
-                let mut d = *e.value();
-                retired = d.token.take();
-                Op::Put(d)
-            }
-            None => Op::Nop,
-        });
+        self.devices
+            .entry(device)
+            .and_compute_with(|old| match old {
+                Some(e) => {
+                    let mut d = *e.value();
+                    retired = d.token.take();
+                    Op::Put(d)
+                }
+                None => Op::Nop,
+            });
         if let Some(t) = retired {
             self.forget(&t);
         }
@@ -411,7 +413,11 @@ mod tests {
         let new = issue(&r, "b", 1, now + 1000, now);
         assert_eq!(r.valid(&old, now), None);
         assert_eq!(r.valid(&new, now), Some(net()));
-        assert_eq!(r.valid(&other, now), Some(net()), "other devices keep theirs");
+        assert_eq!(
+            r.valid(&other, now),
+            Some(net()),
+            "other devices keep theirs"
+        );
         // Proving the retired token again must not bring it back.
         r.proven(old, now + 1, now + 1);
         assert_eq!(r.valid(&old, now + 1), None);
@@ -424,7 +430,11 @@ mod tests {
         let later = issue(&r, "later", 1, now + 2000, now);
         let earlier = issue(&r, "earlier", 1, now + 1000, now);
         assert_eq!(r.valid(&later, now), Some(net()));
-        assert_eq!(r.valid(&earlier, now), None, "issued before the device's current token");
+        assert_eq!(
+            r.valid(&earlier, now),
+            None,
+            "issued before the device's current token"
+        );
         r.proven(earlier, now + 1, now + 1);
         assert_eq!(r.valid(&earlier, now + 1), None, "retired for good");
     }
@@ -449,7 +459,11 @@ mod tests {
         r.session_sent(DeviceHash(1));
         assert_eq!(r.valid(&t, now), None);
         r.proven(t, now + 1, now + 1);
-        assert_eq!(r.valid(&t, now + 1), None, "a lookup answer cannot prove it again");
+        assert_eq!(
+            r.valid(&t, now + 1),
+            None,
+            "a lookup answer cannot prove it again"
+        );
         let n = issue(&r, "n", 1, now + 1000, now);
         assert_eq!(r.valid(&n, now), Some(net()));
     }
@@ -463,15 +477,27 @@ mod tests {
         r.proven(p, now, now);
         assert_eq!(r.valid(&p, now), Some(p.private_partition()));
         r.revoke_user(r.user("someone-else"), now + 5);
-        assert_eq!(r.valid(&t, now + 6), Some(net()), "another user's revocation");
-        assert_eq!(r.valid(&p, now + 6), None, "proven tokens have no known user");
+        assert_eq!(
+            r.valid(&t, now + 6),
+            Some(net()),
+            "another user's revocation"
+        );
+        assert_eq!(
+            r.valid(&p, now + 6),
+            None,
+            "proven tokens have no known user"
+        );
         r.revoke_user(r.user("u"), now + 10);
         assert_eq!(r.valid(&t, now + 11), None);
         // A session sent after the revocation answered is trusted again.
         let later = issue(&r, "later", 2, now + 20, now + 20);
         assert_eq!(r.valid(&later, now + 21), Some(net()));
         r.proven(p, now + 3, now + 21);
-        assert_eq!(r.valid(&p, now + 21), None, "proof sent before the revocation");
+        assert_eq!(
+            r.valid(&p, now + 21),
+            None,
+            "proof sent before the revocation"
+        );
     }
 
     #[test]

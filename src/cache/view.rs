@@ -410,11 +410,15 @@ mod tests {
         assert!(!v.all_public);
         let v = FileAnswer::read(br#"{"fileId":"f"}"#).unwrap();
         assert!(!v.all_public, "unmarked is not public");
-        let v = FileAnswer::read(br#"{"files":[{"fileId":"f","accessType":"public"},{"fileId":"g"}]}"#)
-            .unwrap();
+        let v =
+            FileAnswer::read(br#"{"files":[{"fileId":"f","accessType":"public"},{"fileId":"g"}]}"#)
+                .unwrap();
         assert_eq!((v.file_ids.len(), v.all_public), (2, false));
         assert!(FileAnswer::read(br#"{"fileId":"f","fileId":"g"}"#).is_none());
-        assert!(FileAnswer::read(br#"{"users":[]}"#).unwrap().file_ids.is_empty());
+        assert!(FileAnswer::read(br#"{"users":[]}"#)
+            .unwrap()
+            .file_ids
+            .is_empty());
     }
 
     #[test]

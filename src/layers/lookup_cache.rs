@@ -150,10 +150,8 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Either<
-        Ready<Result<Response<Body>, BoxError>>,
-        Either<Forwarded<S::Future>, Detached>,
-    >;
+    type Future =
+        Either<Ready<Result<Response<Body>, BoxError>>, Either<Forwarded<S::Future>, Detached>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -170,10 +168,7 @@ where
             req.headers_mut().remove(ACCEPT_ENCODING);
         }
         let has_body = !req.body().as_ref().is_empty();
-        match self
-            .cache
-            .decide(route, req.uri(), req.headers(), has_body)
-        {
+        match self.cache.decide(route, req.uri(), req.headers(), has_body) {
             Decision::Hit(res) => Either::Left(future::ready(Ok(res))),
             Decision::Forward(pending) => {
                 if pending.fills() {

@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::world::{file_json, iso, ApiVersion, SessionInput, World};
+use super::world::{file_json, iso, ApiVersion, FileLookup, SessionInput, World};
 use crate::wire::{bearer, percent_decode, user_ids_from_query};
 
 /// Response body type of the simulator.
@@ -107,7 +107,9 @@ pub(crate) fn handle_api(
     match (req.method, session_version) {
         (&Method::POST, Some(version)) => return create_session(world, api_key, version, req),
         (&Method::GET, Some(ApiVersion::V3)) => return verify_session(world, req.headers),
-        (&Method::DELETE, Some(ApiVersion::V4)) => return revoke_session(world, req.headers),
+        (&Method::DELETE, Some(ApiVersion::V4)) => {
+            return revoke_session(world, req.headers, req.query)
+        }
         _ => {}
     }
     if req.method != Method::GET {
@@ -122,8 +124,9 @@ pub(crate) fn handle_api(
         });
     }
     if let Some(raw) = single_segment(req.path, "/api/v3/files/") {
+        let token = bearer(req.headers).unwrap_or_default();
         return with_token(world, req.headers, |w| {
-            get_file(w, &percent_decode(raw, false))
+            get_file(w, &percent_decode(raw, false), token)
         });
     }
     not_found()
@@ -207,7 +210,33 @@ fn verify_session(world: &World, headers: &HeaderMap) -> Response<SimBody> {
     })
 }
 
-fn revoke_session(world: &mut World, headers: &HeaderMap) -> Response<SimBody> {
+pub(crate) fn forbidden() -> Response<SimBody> {
+    envelope(StatusCode::FORBIDDEN, 400300, "Forbidden error.", json!({}))
+}
+
+/// `DELETE /api/v4/sessions`: revokes the caller's token, or with `?userId=U` (admins only)
+/// every token of U.
+fn revoke_session(
+    world: &mut World,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response<SimBody> {
+    let target = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| percent_decode(k, true) == "userId")
+            .map(|(_, v)| percent_decode(v, true))
+    });
+    if let Some(user) = target {
+        return match bearer(headers) {
+            Some(t) if world.is_admin(t) => {
+                world.revoke_user(&user);
+                json_response(StatusCode::OK, &json!({"success": true}))
+            }
+            Some(t) if world.token_valid(t) => forbidden(),
+            _ => unauthorized(),
+        };
+    }
     match bearer(headers) {
         Some(token) if world.revoke(token) => {
             json_response(StatusCode::OK, &json!({"success": true}))
@@ -257,11 +286,12 @@ fn list_users(world: &World, query: Option<&str>) -> Response<SimBody> {
     json_response(StatusCode::OK, &json!({"users": users, "files": files}))
 }
 
-fn get_file(world: &World, file_id: &str) -> Response<SimBody> {
-    match world.file(file_id) {
+fn get_file(world: &World, file_id: &str, token: &str) -> Response<SimBody> {
+    match world.file_for(file_id, token) {
         // The bare File object, as the TS SDK reads it.
-        Some(owner) => json_response(StatusCode::OK, &file_json(owner)),
-        None => envelope(
+        FileLookup::Found(file) => json_response(StatusCode::OK, &file),
+        FileLookup::Forbidden => forbidden(),
+        FileLookup::Missing => envelope(
             StatusCode::NOT_FOUND,
             400400,
             &format!("File not found {file_id}."),
