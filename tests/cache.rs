@@ -634,6 +634,21 @@ async fn a_session_whose_client_went_away_still_retires_the_older_token() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(learnt, "the new token was never learnt");
+    // The request that went away is on the books: counted as 499 (client closed).
+    let m = request(
+        Method::GET,
+        &format!("http://{}/metrics", env.gw.admin_addr),
+        &[],
+        "",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains(
+            r#"gateway_http_requests_total{method="POST",route="session_v3",status="499"} 1"#
+        ),
+        "{text}"
+    );
     env.shutdown().await;
 }
 
@@ -701,5 +716,36 @@ async fn the_token_scope_shares_nothing() {
     let b = login(&env, "bob", "d-b").await;
     miss_then_hit(&env, "/api/v3/users/alice", &a).await;
     miss_then_hit(&env, "/api/v3/users/alice", &b).await;
+    env.shutdown().await;
+}
+
+/// A session request carries the injected key, so it reaches the upstream with nothing the
+/// gateway does not vouch for: no query string, no method override, and (no proxy trusted by
+/// default) none of the client's own forwarding headers; `x-forwarded-for` names the peer.
+#[tokio::test]
+async fn key_injected_requests_carry_no_query_override_or_client_forwarding_headers() {
+    let env = TestEnv::start().await;
+    let body = json!({"userId": "alice", "deviceId": "d-a"}).to_string();
+    let r = request(
+        Method::POST,
+        &env.url("/api/v3/sessions?isAdmin=true&debug=1"),
+        &[
+            ("content-type", "application/json"),
+            ("x-forwarded-for", "198.51.100.9"),
+            ("x-real-ip", "198.51.100.9"),
+            ("forwarded", "for=198.51.100.9"),
+            ("x-http-method-override", "DELETE"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let sent = env.sim.requests().pop().expect("forwarded");
+    assert_eq!(sent.path, "/api/v3/sessions");
+    assert!(sent.header("x-api-key").is_some());
+    for name in ["x-real-ip", "forwarded", "x-http-method-override"] {
+        assert_eq!(sent.header(name), None, "{name}");
+    }
+    assert_eq!(sent.header("x-forwarded-for"), Some("127.0.0.1"));
     env.shutdown().await;
 }
