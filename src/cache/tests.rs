@@ -239,3 +239,150 @@ fn answers_varying_on_other_headers_are_not_stored() {
     c.finish(p, &mut res);
     assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
 }
+
+/// Feeds `body` (with `headers`) back as the answer to `path` looked up by `token` on `route`.
+fn fill_with(
+    c: &LookupCache,
+    route: Route,
+    path: &str,
+    token: &str,
+    body: &str,
+    headers: &[(&'static str, &'static str)],
+) {
+    let Decision::Forward(p) = decide_on(c, route, path, token) else {
+        panic!("expected a forward");
+    };
+    let mut res = answer(body);
+    for (k, v) in headers {
+        res.headers_mut().insert(*k, HeaderValue::from_static(v));
+    }
+    c.finish(p, &mut res);
+}
+
+#[test]
+fn an_answer_is_kept_only_when_it_is_about_the_ids_asked_for() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    let list = "/api/v3/users/list?userIds=a&userIds=b";
+    for wrong in [
+        users_answer(&["a"]),
+        users_answer(&["a", "b", "c"]),
+        users_answer(&["a", "x"]),
+    ] {
+        fill_with(&c, Route::UserList, list, "t", &wrong, &[]);
+        assert!(
+            !is_hit(&decide_on(&c, Route::UserList, list, "t")),
+            "{wrong}"
+        );
+    }
+    fill_with(
+        &c,
+        Route::User,
+        "/api/v3/users/a",
+        "t",
+        &user_answer("b"),
+        &[],
+    );
+    assert!(!is_hit(&decide(&c, "/api/v3/users/a", "t")));
+    let file = "/api/v3/files/f";
+    fill_with(
+        &c,
+        Route::File,
+        file,
+        "t",
+        r#"{"fileId":"g","accessType":"public"}"#,
+        &[],
+    );
+    assert!(!is_hit(&decide_on(&c, Route::File, file, "t")));
+    // The right answers are kept.
+    fill_with(
+        &c,
+        Route::UserList,
+        list,
+        "t",
+        &users_answer(&["b", "a"]),
+        &[],
+    );
+    assert!(is_hit(&decide_on(&c, Route::UserList, list, "t")));
+    fill_with(
+        &c,
+        Route::File,
+        file,
+        "t",
+        r#"{"fileId":"f","accessType":"public"}"#,
+        &[],
+    );
+    assert!(is_hit(&decide_on(&c, Route::File, file, "t")));
+}
+
+#[test]
+fn private_and_non_public_answers_stay_with_the_token_that_fetched_them() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    log_in(&c, "v", "d2", "t2", EPOCH);
+    fill_with(
+        &c,
+        Route::User,
+        "/api/v3/users/u",
+        "t",
+        &user_answer("u"),
+        &[("cache-control", "private, max-age=60")],
+    );
+    assert!(is_hit(&decide(&c, "/api/v3/users/u", "t")));
+    assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t2")));
+    let file = "/api/v3/files/f";
+    fill_with(
+        &c,
+        Route::File,
+        file,
+        "t",
+        r#"{"fileId":"f","accessType":"network"}"#,
+        &[],
+    );
+    assert!(is_hit(&decide_on(&c, Route::File, file, "t")));
+    assert!(!is_hit(&decide_on(&c, Route::File, file, "t2")));
+    // Never kept at all.
+    fill_with(
+        &c,
+        Route::User,
+        "/api/v3/users/v",
+        "t",
+        &user_answer("v"),
+        &[("cache-control", "no-store")],
+    );
+    assert!(!is_hit(&decide(&c, "/api/v3/users/v", "t")));
+}
+
+#[test]
+fn a_lookup_with_a_body_never_fills_the_cache() {
+    let c = cache();
+    log_in(&c, "u", "d", "t", EPOCH);
+    let d = c.decide(
+        Route::User,
+        &"/api/v3/users/u".parse().unwrap(),
+        &bearer_headers("t"),
+        true,
+    );
+    let Decision::Forward(p) = d else {
+        panic!("expected a forward");
+    };
+    assert!(!p.fills());
+    c.finish(p, &mut answer(&user_answer("u")));
+    assert!(!is_hit(&decide(&c, "/api/v3/users/u", "t")));
+}
+
+#[test]
+fn the_same_future_purge_date_reported_again_keeps_the_cache() {
+    let c = cache();
+    let future = "2999-01-01T00:00:00.000Z";
+    log_in(&c, "u", "d", "t", future);
+    // Past the watermark (now, plus the 1 ms margin) that date set.
+    std::thread::sleep(Duration::from_millis(5));
+    miss_and_fill(&c, "/api/v3/users/x", "t", "x");
+    assert!(is_hit(&decide(&c, "/api/v3/users/x", "t")));
+    log_in(&c, "v", "d2", "t2", future);
+    assert!(
+        is_hit(&decide(&c, "/api/v3/users/x", "t")),
+        "not a new purge"
+    );
+}
