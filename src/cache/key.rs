@@ -161,13 +161,19 @@ fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
         .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
-/// The user whose every token a `DELETE /api/v4/sessions?userId=U` revokes (an admin call),
-/// decoded as the upstream decodes it. Every `userId` when repeated: any of them may be the
-/// one the upstream reads.
+/// The users whose every token an admin revocation names: `DELETE /api/v4/sessions?userId=U`
+/// (every `userId` when repeated: any of them may be the one the upstream reads) or
+/// `DELETE /api/v4/sessions/users/{U}`, decoded as the upstream decodes them.
 pub fn revoked_users(uri: &Uri) -> impl Iterator<Item = String> + '_ {
+    let in_path = uri
+        .path()
+        .strip_prefix("/api/v4/sessions/users/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .map(|id| percent_decode(id, false));
     pairs(uri.query().unwrap_or(""))
         .filter(|(k, _)| matches!(percent_decode(k, true).as_str(), "userId" | "userId[]"))
         .map(|(_, v)| percent_decode(v, true))
+        .chain(in_path)
 }
 
 /// `Some(())` when the query asks for the public user view: no parameter but at most one
@@ -272,6 +278,19 @@ mod tests {
             lookup(Route::UserList, &format!("/api/v3/users/list?{many}")),
             None
         );
+    }
+
+    #[test]
+    fn revocations_name_their_users_in_query_or_path() {
+        let users = |uri: &str| revoked_users(&uri.parse().unwrap()).collect::<Vec<_>>();
+        assert!(users("/api/v4/sessions").is_empty());
+        assert_eq!(
+            users("/api/v4/sessions?userId=a%20b&isPublic=true"),
+            ["a b"]
+        );
+        assert_eq!(users("/api/v4/sessions?userId=a&userId[]=b"), ["a", "b"]);
+        assert_eq!(users("/api/v4/sessions/users/u%2B1"), ["u+1"]);
+        assert!(users("/api/v4/sessions/users/").is_empty());
     }
 
     #[test]
