@@ -5,10 +5,10 @@
 //! `GET /api/v3/sessions` and `DELETE /api/v4/sessions` pass through here too: their answers
 //! prove, or forget, the caller's token (or, for an admin's `?userId=`, every token of that
 //! user; `DELETE /api/v4/sessions/users/{U}` is read the same way when the route table sends
-//! it here as [`Route::Logout`]), and the former reports `lastCachePurge` (so its `accept-encoding` is dropped: the
-//! gateway must read that answer, a few bytes long). These are read to the end in a task of
-//! their own, so a client that goes away cannot keep the gateway from learning what the
-//! upstream did.
+//! it here as [`Route::Logout`]), and the former reports `lastCachePurge` (so its
+//! `accept-encoding` is dropped: the gateway must read that answer, a few bytes long). These
+//! are read to the end in a task of their own, so a client that goes away cannot keep the
+//! gateway from learning what the upstream did.
 //!
 //! A lookup that may fill the cache is forwarded with only the headers the key accounts for
 //! ([`crate::cache::policy::FILL_HEADERS`]), and never with a body.
