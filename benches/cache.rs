@@ -143,6 +143,7 @@ fn bench(c: &mut Criterion) {
                 Route::User,
                 black_box(&parts.uri),
                 black_box(&parts.headers),
+                false,
             );
             assert!(matches!(d, Decision::Hit(_)));
             black_box(d)

@@ -875,7 +875,7 @@ mod tests {
         assert_eq!(f.routes.0, crate::routes::table::default_routes());
         let c = f.clone().resolve(&env_key()).unwrap();
         assert!(c.cors.is_none());
-        assert_eq!(c.routes.entries().len(), 11);
+        assert_eq!(c.routes.entries().len(), 12);
         // The masked rendering reads back as the same table.
         let again = FileConfig::from_toml(&FileConfig::default().to_masked_toml(), Path::new("x"))
             .unwrap();

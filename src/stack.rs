@@ -137,11 +137,10 @@ where
             ValidateLayer::new(Rules { secure: cfg.secure }).on_reject(shared.metrics.on_reject()),
         )
         .option_layer(shared.rate_limit.clone().map(RateLimitLayer::new))
-        .layer(ApiKeyLayer::new(
-            shared.api_key.clone(),
-            cfg.client_key,
-            true,
-        ))
+        .layer(
+            ApiKeyLayer::new(shared.api_key.clone(), cfg.client_key, true)
+                .trusting_hops(cfg.rate_limit.as_ref().map_or(0, |r| r.trusted_hops)),
+        )
         .layer(SessionObserverLayer::new(shared.cache.clone()))
         .layer(forward.clone())
         .service(upstream.clone());

@@ -6,6 +6,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::shared::{invalid, positive, ConfigError};
 
+/// Who may be served an answer another token fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Answers are shared by every gateway-issued token of the network, except answers the
+    /// upstream does not mark as everyone's (a file not `accessType: "public"`, an answer with
+    /// `Cache-Control: private`): those stay with the token that fetched them.
+    Network,
+    /// Every answer is served only to the token that fetched it.
+    Token,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheFile {
@@ -32,6 +44,11 @@ pub struct CacheFile {
     /// covers the millisecond resolution of the upstream's dates and a gateway clock that runs
     /// ahead of the upstream's. Default 1 ms.
     pub purge_margin_ms: u64,
+    /// `"network"`: an answer is shared by every token the gateway saw issued for the network,
+    /// unless the upstream marks it as not everyone's (file answers not `accessType: "public"`,
+    /// `Cache-Control: private`), which stay with the token that fetched them. `"token"`: every
+    /// answer only for the token that fetched it. Default `"network"`.
+    pub scope: Scope,
 }
 
 impl Default for CacheFile {
@@ -46,6 +63,7 @@ impl Default for CacheFile {
             max_tokens: 100_000,
             user_mark_slots: 65_536,
             purge_margin_ms: 1,
+            scope: Scope::Network,
         }
     }
 }
@@ -63,6 +81,7 @@ pub struct CacheConfig {
     pub max_tokens: u64,
     pub user_mark_slots: usize,
     pub purge_margin: Duration,
+    pub scope: Scope,
 }
 
 impl CacheFile {
@@ -100,6 +119,7 @@ impl CacheFile {
             max_tokens: positive("cache.max_tokens", self.max_tokens)?,
             user_mark_slots: slots,
             purge_margin: Duration::from_millis(self.purge_margin_ms),
+            scope: self.scope,
         })
     }
 }

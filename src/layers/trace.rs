@@ -5,6 +5,10 @@
 //! minted otherwise; it is forwarded upstream and returned to the client. The access log has
 //! method, route label, status, durations and decisions, never a header value, body or token.
 //!
+//! A request dropped before it had a response (its client went away: hyper drops the future)
+//! is still logged and counted, with status 499 (the client closed the request, as nginx
+//! writes it): a key-injected request the upstream may have acted on never goes unrecorded.
+//!
 //! The per-request span is at debug level: at info it would cost more than the rest of the
 //! logging together (a span record, its fields formatted, entered on every poll). Warnings
 //! about one request carry its id as a field instead (see the rescue layer).
@@ -71,13 +75,15 @@ pub struct Finished<'a> {
 }
 
 /// Observes requests as they start and finish (the metrics layer hooks in here). Every
-/// `started` is followed by exactly one `finished` or `cancelled`.
+/// `started` is followed by exactly one `finished`, with status [`CLIENT_CLOSED`] when the
+/// request was dropped before it had a response.
 pub trait Observer: Send + Sync + 'static {
     fn started(&self) {}
     fn finished(&self, _f: &Finished<'_>) {}
-    /// The request was dropped before it had a response (the client went away).
-    fn cancelled(&self) {}
 }
+
+/// The status logged and counted for a request whose client went away before its response.
+pub const CLIENT_CLOSED: u16 = 499;
 
 impl Observer for () {}
 
@@ -162,7 +168,28 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !*this.finished {
-                this.observer.cancelled();
+                let elapsed = this.start.elapsed();
+                access_line(
+                    *this.access,
+                    &AccessLine {
+                        request_id: id_field(this.id),
+                        method: this.method.as_str(),
+                        route: this.route.name(),
+                        path: this.path.as_ref().map(|p| p.path()),
+                        status: CLIENT_CLOSED,
+                        duration: elapsed,
+                        upstream: None,
+                        rate_limit: "none",
+                        cache: "none",
+                    },
+                );
+                this.observer.finished(&Finished {
+                    route: *this.route,
+                    method: this.method,
+                    status: CLIENT_CLOSED,
+                    secs: elapsed.as_secs_f64(),
+                    outcome: Outcome::default(),
+                });
             }
         }
     }

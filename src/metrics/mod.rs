@@ -572,10 +572,6 @@ impl Observer for Metrics {
             }
         }
     }
-
-    fn cancelled(&self) {
-        self.inflight.dec();
-    }
 }
 
 impl Metrics {

@@ -80,16 +80,33 @@ fn requests_are_counted_by_route_method_and_status() {
     assert_eq!(value(&t, "gateway_inflight_requests"), Some(0.0));
 }
 
+/// A request dropped before its response (the client went away, perhaps after the key was
+/// injected and the upstream acted) leaves the in-flight gauge and is counted as 499.
 #[test]
-fn cancelled_requests_leave_the_in_flight_gauge() {
-    let m = Metrics::new().unwrap();
-    m.started();
-    m.started();
-    assert_eq!(value(&scrape(&m), "gateway_inflight_requests"), Some(2.0));
-    m.cancelled();
+fn requests_whose_client_went_away_are_counted_as_499() {
+    use crate::layers::trace::TraceLayer;
+    use tower::{Layer, Service};
+    let m = Arc::new(Metrics::new().unwrap());
+    let never = tower::service_fn(|_req: http::Request<()>| {
+        std::future::pending::<Result<http::Response<crate::error::Body>, std::convert::Infallible>>(
+        )
+    });
+    let table = crate::routes::RouteTable::defaults(std::time::Duration::from_secs(60)).unwrap();
+    let mut svc = TraceLayer::new(m.clone(), Arc::new(table)).layer(never);
+    let req = http::Request::post("/api/v3/sessions").body(()).unwrap();
+    let pending = svc.call(req);
     assert_eq!(value(&scrape(&m), "gateway_inflight_requests"), Some(1.0));
-    m.cancelled();
-    assert_eq!(value(&scrape(&m), "gateway_inflight_requests"), Some(0.0));
+    drop(pending);
+    let t = scrape(&m);
+    assert_eq!(value(&t, "gateway_inflight_requests"), Some(0.0));
+    assert_eq!(
+        value(
+            &t,
+            r#"gateway_http_requests_total{method="POST",route="session_v3",status="499"}"#
+        ),
+        Some(1.0),
+        "{t}"
+    );
 }
 
 #[test]

@@ -61,7 +61,7 @@ pub struct RouteFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<SchemaName>,
     /// Lookup routes: `user`, `user_list`, `file` (cached), `verify_session` or `logout` (token
-    /// bookkeeping only).
+    /// bookkeeping only: a logout, or an admin's revocation of a user's sessions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookup: Option<LookupName>,
     /// Pass routes: a stream (request body, answer body or websocket) that moves no byte for
@@ -162,6 +162,7 @@ pub fn default_routes() -> Vec<RouteFile> {
         session("session_visitor", "/api/v5/sessions/visitor", S::Visitor),
         lookup("verify_session", "GET", "/api/v3/sessions", L::VerifySession),
         lookup("logout", "DELETE", "/api/v4/sessions", L::Logout),
+        lookup("revoke_user", "DELETE", "/api/v4/sessions/users/{userId}", L::Logout),
         lookup("user", "GET", "/api/v3/users/{userId}", L::User),
         lookup("user_list", "GET", "/api/v3/users/list", L::UserList),
         lookup("file", "GET", "/api/v3/files/{fileId}", L::File),
@@ -571,6 +572,7 @@ mod tests {
             (Method::POST, "/api/v5/sessions/visitor", Some("session_visitor")),
             (Method::GET, "/api/v3/sessions", Some("verify_session")),
             (Method::DELETE, "/api/v4/sessions", Some("logout")),
+            (Method::DELETE, "/api/v4/sessions/users/u-1", Some("revoke_user")),
             (Method::GET, "/api/v3/users/u-1", Some("user")),
             (Method::GET, "/api/v3/users/list", Some("user_list")),
             (Method::GET, "/api/v3/files/f-1", Some("file")),

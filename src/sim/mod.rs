@@ -11,10 +11,10 @@
 //! | --- | --- | --- |
 //! | `POST /api/v3/sessions`, `/api/v4/sessions`, `/api/v5/sessions` | `x-api-key` | session (v5: no `refreshToken`, adds `userType`) |
 //! | `GET /api/v3/sessions` | bearer | `{"lastCachePurge": …}` |
-//! | `DELETE /api/v4/sessions` | bearer | revokes the token, `{"success":true}` |
+//! | `DELETE /api/v4/sessions` | bearer | revokes the token, `{"success":true}`; with `?userId=U` (admin tokens only, else 403) every token of U |
 //! | `GET /api/v3/users/{userId}` | bearer | `{"users":[…],"files":[…]}` |
 //! | `GET /api/v3/users/list?userIds=…` | bearer | same, every id must exist |
-//! | `GET /api/v3/files/{fileId}` | bearer | the bare File object |
+//! | `GET /api/v3/files/{fileId}` | bearer | the bare File object; a private file ([`Simulator::add_private_file`]) only to its one viewer, 403 to others |
 //! | `POST /api/v5/sessions/visitor` | `x-api-key` | a visitor session (`userType: "visitor"`) |
 //! | `GET /api/v3/network-settings/chat` | bearer | the network's chat settings |
 //! | `GET /socket.io/?token=…` | token | websocket: Engine.IO open packet, then echo |
@@ -298,6 +298,28 @@ impl Simulator {
     /// upstream-side logout of everyone.
     pub fn revoke_all_tokens(&self) {
         lock(&self.world).revoke_all();
+    }
+
+    /// Gives `user_id` the admin role: its tokens may revoke other users' tokens
+    /// (`DELETE /api/v4/sessions?userId=`).
+    pub fn make_admin(&self, user_id: &str) {
+        lock(&self.world).make_admin(user_id);
+    }
+
+    /// Adds a file only the access token `viewer` may see (as a file in a private channel):
+    /// anyone else is answered 403. Returns its fileId.
+    pub fn add_private_file(&self, viewer: &str) -> String {
+        lock(&self.world).add_private_file(viewer)
+    }
+
+    /// The access token the simulator last issued for `device_id`, while it is live.
+    pub fn device_token(&self, device_id: &str) -> Option<String> {
+        lock(&self.world).device_token(device_id)
+    }
+
+    /// Whether the simulator accepts `token` (a live access token it issued).
+    pub fn token_valid(&self, token: &str) -> bool {
+        lock(&self.world).token_valid(token)
     }
 
     /// Lifetime of the access tokens issued from now on (default 30 days, as the upstream's);

@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
-use super::world::{file_json, iso, ApiVersion, SessionInput, World};
+use super::world::{file_json, iso, ApiVersion, FileLookup, SessionInput, World};
 use crate::wire::{bearer, percent_decode, user_ids_from_query};
 
 /// Response body type of the simulator.
@@ -146,7 +146,9 @@ pub(crate) fn handle_api(
     match (req.method, session_version) {
         (&Method::POST, Some(version)) => return create_session(world, api_key, version, req),
         (&Method::GET, Some(ApiVersion::V3)) => return verify_session(world, req.headers),
-        (&Method::DELETE, Some(ApiVersion::V4)) => return revoke_session(world, req.headers),
+        (&Method::DELETE, Some(ApiVersion::V4)) => {
+            return revoke_session(world, req.headers, req.query)
+        }
         _ => {}
     }
     if req.method != Method::GET {
@@ -161,8 +163,9 @@ pub(crate) fn handle_api(
         });
     }
     if let Some(raw) = single_segment(req.path, "/api/v3/files/") {
+        let token = bearer(req.headers).unwrap_or_default();
         return with_token(world, req.headers, |w| {
-            get_file(w, &percent_decode(raw, false))
+            get_file(w, &percent_decode(raw, false), token)
         });
     }
     not_found()
@@ -279,7 +282,33 @@ fn verify_session(world: &World, headers: &HeaderMap) -> Response<SimBody> {
     })
 }
 
-fn revoke_session(world: &mut World, headers: &HeaderMap) -> Response<SimBody> {
+pub(crate) fn forbidden() -> Response<SimBody> {
+    envelope(StatusCode::FORBIDDEN, 400300, "Forbidden error.", json!({}))
+}
+
+/// `DELETE /api/v4/sessions`: revokes the caller's token, or with `?userId=U` (admins only)
+/// every token of U.
+fn revoke_session(
+    world: &mut World,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response<SimBody> {
+    let target = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| percent_decode(k, true) == "userId")
+            .map(|(_, v)| percent_decode(v, true))
+    });
+    if let Some(user) = target {
+        return match bearer(headers) {
+            Some(t) if world.is_admin(t) => {
+                world.revoke_user(&user);
+                json_response(StatusCode::OK, &json!({"success": true}))
+            }
+            Some(t) if world.token_valid(t) => forbidden(),
+            _ => unauthorized(),
+        };
+    }
     match bearer(headers) {
         Some(token) if world.revoke(token) => {
             json_response(StatusCode::OK, &json!({"success": true}))
@@ -309,14 +338,13 @@ fn get_user(world: &World, user_id: &str) -> Response<SimBody> {
 
 /// `GET /api/v3/users/list`: every requested id must exist (else 404 "Some userId Not Found").
 fn list_users(world: &World, query: Option<&str>) -> Response<SimBody> {
-    let ids = user_ids_from_query(query.unwrap_or(""));
-    if ids.is_empty() {
-        return validation_error(vec!["userIds is required".to_owned()]);
-    }
-    if ids.len() > MAX_LIST_IDS {
+    let Ok(ids) = user_ids_from_query(query.unwrap_or(""), MAX_LIST_IDS) else {
         return validation_error(vec![format!(
             "userIds must have at most {MAX_LIST_IDS} items"
         )]);
+    };
+    if ids.is_empty() {
+        return validation_error(vec!["userIds is required".to_owned()]);
     }
     let mut users = Vec::with_capacity(ids.len());
     let mut files = Vec::with_capacity(ids.len());
@@ -330,11 +358,12 @@ fn list_users(world: &World, query: Option<&str>) -> Response<SimBody> {
     json_response(StatusCode::OK, &json!({"users": users, "files": files}))
 }
 
-fn get_file(world: &World, file_id: &str) -> Response<SimBody> {
-    match world.file(file_id) {
+fn get_file(world: &World, file_id: &str, token: &str) -> Response<SimBody> {
+    match world.file_for(file_id, token) {
         // The bare File object, as the TS SDK reads it.
-        Some(owner) => json_response(StatusCode::OK, &file_json(owner)),
-        None => envelope(
+        FileLookup::Found(file) => json_response(StatusCode::OK, &file),
+        FileLookup::Forbidden => forbidden(),
+        FileLookup::Missing => envelope(
             StatusCode::NOT_FOUND,
             400400,
             &format!("File not found {file_id}."),
