@@ -56,6 +56,23 @@ impl Route {
         }
     }
 
+    /// The policy with its option, as the config spells them: `session v5`, `lookup user`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Route::Session(ApiVersion::V3) => "session v3",
+            Route::Session(ApiVersion::V4) => "session v4",
+            Route::Session(ApiVersion::V5) => "session v5",
+            Route::VisitorSession => "session visitor",
+            Route::VerifySession => "lookup verify_session",
+            Route::Logout => "lookup logout",
+            Route::User => "lookup user",
+            Route::UserList => "lookup user_list",
+            Route::File => "lookup file",
+            Route::Pass => "pass",
+            Route::Deny => "deny",
+        }
+    }
+
     /// The one method a policy route serves (`None`: whatever the route's `methods` say).
     pub fn fixed_method(self) -> Option<Method> {
         match self {

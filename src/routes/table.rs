@@ -360,7 +360,7 @@ impl RouteTable {
                 e.label.name(),
                 methods,
                 e.pattern.render(),
-                e.route.policy()
+                e.route.describe()
             );
             if let Some(p) = e.pass {
                 let _ = write!(out, " idle={}ms", p.idle_timeout.as_millis());
