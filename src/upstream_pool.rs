@@ -95,19 +95,28 @@ impl PoolConfig {
 /// The gateway's upstream connector: TCP with nodelay and keep-alive, rustls (ring, webpki
 /// roots) for https, ALPN `h2` then `http/1.1` when `http2`.
 pub fn connector(connect_timeout: Duration, http2: bool) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
     let builder = match hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
     {
         Ok(b) => b,
         // The ring provider supports rustls' safe defaults; keep the crate's defaults if not.
         Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
-    }
-    .https_or_http();
+    };
+    finish_connector(builder, connect_timeout, http2)
+}
+
+/// The TCP side and the protocols, around a TLS set-up with its roots chosen.
+fn finish_connector(
+    builder: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
+    connect_timeout: Duration,
+    http2: bool,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = builder.https_or_http();
     if http2 {
         builder.enable_all_versions().wrap_connector(http)
     } else {
@@ -408,25 +417,29 @@ where
         let mut parked = lock(&self.parked);
         let mut i = 0;
         while let Some(p) = parked.get_mut(i) {
-            if p.sender.is_closed() {
+            if self.is_dead(p, now) {
                 parked.remove(i);
                 continue;
             }
-            if p.sender.is_ready() {
-                if now.duration_since(p.since) > self.cfg.idle_timeout {
-                    parked.remove(i);
-                    continue;
-                }
+            if !ready || p.sender.is_ready() {
                 return parked.remove(i).map(|p| p.sender);
             }
-            if !ready {
-                return parked.remove(i).map(|p| p.sender);
-            }
-            // Busy: not idle, whatever it was before.
-            p.since = now;
             i += 1;
         }
         None
+    }
+
+    /// Closed, or idle past `idle_timeout`. A busy sender is not idle, whatever it was
+    /// before: its idle time restarts.
+    fn is_dead(&self, p: &mut Parked<B>, now: Instant) -> bool {
+        if p.sender.is_closed() {
+            return true;
+        }
+        if !p.sender.is_ready() {
+            p.since = now;
+            return false;
+        }
+        now.duration_since(p.since) > self.cfg.idle_timeout
     }
 
     fn park(&self, sender: http1::SendRequest<B>) {
@@ -444,10 +457,7 @@ where
     /// Closes idle senders past `idle_timeout` (dropping a sender ends its connection).
     fn sweep(&self) {
         let now = Instant::now();
-        lock(&self.parked).retain(|p| {
-            !p.sender.is_closed()
-                && !(p.sender.is_ready() && now.duration_since(p.since) > self.cfg.idle_timeout)
-        });
+        lock(&self.parked).retain_mut(|p| !self.is_dead(p, now));
     }
 
     fn start_sweeper(self: &Arc<Self>) {
@@ -871,6 +881,81 @@ mod tests {
             .await
             .starts_with("/after "));
         assert_eq!(srv.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An https upstream with its own certificate: the pool's connector with that root instead
+    /// of the webpki roots; ALPN picks `h2` when HTTP/2 is configured, `http/1.1` otherwise.
+    #[tokio::test]
+    async fn https_upstreams_speak_what_alpn_agreed() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        server_cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let svc = service_fn(|req: Request<Incoming>| async move {
+                        let line = format!("{:?} {}", req.version(), req.uri().path());
+                        Ok::<_, Infallible>(Response::new(Full::<Bytes>::from(line)))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let tls = || {
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth()
+        };
+        let base: Uri = format!("https://localhost:{port}").parse().unwrap();
+        for (http2, version) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
+            let connector = finish_connector(
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls()),
+                Duration::from_secs(5),
+                http2,
+            );
+            let pool: Pool<Full<Bytes>> = Pool::with_connector(
+                PoolConfig {
+                    base: base.clone(),
+                    http2,
+                    ..config(SocketAddr::from(([127, 0, 0, 1], port)))
+                },
+                connector,
+            );
+            for i in 0..3 {
+                let res = pool.send(get(&format!("/t/{i}"))).await.unwrap();
+                assert_eq!(text(res).await, format!("{version} /t/{i}"));
+            }
+            assert_eq!(pool.stats().opened.load(Ordering::SeqCst), 1, "{version}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
