@@ -756,6 +756,8 @@ mod tests {
             let res = pool.send(get("/x")).await.unwrap();
             assert_eq!(text(res).await, "ok");
             closed.notified().await;
+            // The connection's task has seen the close (the sender itself stays parked).
+            until(|| pool.open_connections() == 0, "the close seen").await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         let s = pool.stats();
@@ -774,10 +776,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        // Each connection answers one request, then closes when told to.
+        let hang_up = Arc::new(Notify::new());
+        let hang = hang_up.clone();
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
+                let hang = hang.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut got = Vec::new();
@@ -788,12 +794,14 @@ mod tests {
                         }
                     }
                     let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    hang.notified().await;
                 });
             }
         });
         let pool = Pool::new(config(addr));
         assert_eq!(text(pool.send(get("/1")).await.unwrap()).await, "ok");
         let dead = lock(&pool.shared.parked).pop_front().unwrap().sender;
+        hang_up.notify_one();
         until(|| dead.is_closed(), "the connection closed").await;
         let res = pool.send_on(Sender::H1(dead), true, get("/2")).await.unwrap();
         assert_eq!(text(res).await, "ok");
