@@ -3,9 +3,9 @@
 //! ## Layout
 //!
 //! The sketch is an array of `AtomicU64` words. Each word is cut into counters of `bits` bits
-//! (4, 8, 16 or 32: the narrowest that holds the limit), and the counters into `rows` groups.
-//! A key's hash picks one word, then one counter in each group: the key's `rows` counters all
-//! live in one word, so
+//! (4, 8, 16 or 32: the narrowest that holds the limit). A key's hash picks one word, then
+//! `rows` distinct counters of that word (4 of 16 for 4-bit counters: 1,820 possible choices).
+//! A key's counters thus all live in one word, so
 //!
 //! - a decision reads one cache line, not one per row (a plain count-min sketch of 4 rows
 //!   costs 4 cache misses once the sketch outgrows the caches);
@@ -15,9 +15,9 @@
 //! - the update is **conservative**: only the key's counters holding its current estimate
 //!   (their smallest) are raised, by one. Every counter then stays at least the count of every
 //!   key mapped to it (no under-count) while rising no higher than the largest estimate of the
-//!   keys sharing it. Two devices sharing counters in a plain count-min sketch read the sum of
-//!   their counts; here they read about the larger one, so devices that each make 6 of their
-//!   10 requests are not refused because they collide.
+//!   keys sharing it. Two devices sharing some counters in a plain count-min sketch read the
+//!   sum of their counts there; here they read about the larger one, so devices that each
+//!   make 6 of their 10 requests are not refused because they collide.
 //!
 //! Counters saturate at `2^bits − 1` (at least the limit), where a key is refused anyway.
 //!
@@ -25,26 +25,33 @@
 //!
 //! A key is over-counted only if each of its `rows` counters is also chosen by another key
 //! counted in the same window. With `K` keys spread over `words` words (`λ = K / words` other
-//! keys per word, Poisson), each other key in the word choosing one of `L` counters per group:
+//! keys per word, Poisson), each other key in the word holding a given counter with
+//! probability `r = rows / counters per word`:
 //!
 //! ```text
-//! P(over-counted) ≤ Σₙ Poisson(n; λ) · (1 − (1 − 1/L)ⁿ)^rows
+//! P(over-counted) ≤ Σₙ Poisson(n; λ) · (1 − (1 − r)ⁿ)^rows
 //! ```
 //!
-//! and the excess is at most the largest estimate among those other keys minus the key's own
-//! count (so keys of similar rates barely over-count each other). [`Sketch::over_count_bound`]
-//! evaluates the formula; the unit tests and `benches/limiter_flood.rs` check measured rates
-//! against it. Words are sized from the expected number of keys per window, `K₀`:
-//! `words = next_power_of_two(K₀ · bits / 2)`, so that at `K = K₀`, `λ ≤ 2 / bits`. For the
-//! default limit (10, 4-bit counters, 4 groups of 4) and `K₀` = 100,000 (262,144 words, 2 MiB
-//! per window):
+//! [`Sketch::over_count_bound`] evaluates it; the unit tests and `benches/limiter_flood.rs`
+//! check measured rates against it. How much a key is over-counted depends on how it is
+//! covered:
 //!
-//! | keys in the window | λ | P(over-counted) at most |
-//! | --- | --- | --- |
-//! | 10,000 | 0.04 | 2.7·10⁻⁵ |
-//! | 100,000 | 0.38 | 3.7·10⁻³ |
-//! | 300,000 | 1.14 | 2.5·10⁻² |
-//! | 1,000,000 | 3.8 | 0.22 |
+//! - by one other key choosing exactly its counters (probability about `λ / choices`): the
+//!   two read the sum of their counts, as in any count-min sketch;
+//! - by several keys each sharing some of its counters: about the largest of their counts
+//!   minus its own, so keys of similar rates barely over-count each other.
+//!
+//! Words are sized from the expected number of keys per window, `K₀`:
+//! `words = next_power_of_two(K₀ · bits / 2)`, so that at `K = K₀`, `λ ≤ 2 / bits`. For the
+//! default limit (10: 4-bit counters, 4 of 16) and `K₀` = 100,000 (262,144 words, 2 MiB per
+//! window):
+//!
+//! | keys in the window | λ | P(over-counted) at most | exact choice shared (sum) |
+//! | --- | --- | --- | --- |
+//! | 10,000 | 0.04 | 2.7·10⁻⁵ | 2·10⁻⁵ |
+//! | 100,000 | 0.38 | 3.7·10⁻³ | 2·10⁻⁴ |
+//! | 300,000 | 1.14 | 2.5·10⁻² | 6·10⁻⁴ |
+//! | 1,000,000 | 3.8 | 0.22 | 2·10⁻³ |
 //!
 //! Being over-counted at all is far from being refused: a device is refused early only when
 //! its excess reaches the budget it has left (for a device making 6 of 10, about 4).
@@ -62,8 +69,8 @@ pub struct Sketch {
     /// Largest value a counter holds: `2^bits − 1`.
     cap: u64,
     rows: u32,
-    /// Counters per group, a power of two.
-    group_len: u32,
+    /// Every choice of `rows` counters out of a word's, as bit offsets.
+    choices: Box<[[u8; MAX_ROWS]]>,
 }
 
 /// Where a counted request went, to take it back exactly ([`Sketch::take_back`]).
@@ -77,7 +84,7 @@ pub struct Ticket {
 /// A key's word and the bit offsets of its counters in it.
 struct Lanes {
     index: usize,
-    shifts: [u32; MAX_ROWS],
+    shifts: [u8; MAX_ROWS],
 }
 
 impl Sketch {
@@ -92,13 +99,24 @@ impl Sketch {
         let per_word = 64 / bits;
         let rows = per_word.min(MAX_ROWS as u32).min(per_word / 2).max(1);
         let words = Self::words_for(expected_keys, bits);
+        let choices = (0u32..1 << per_word)
+            .filter(|set| set.count_ones() == rows)
+            .map(|set| {
+                let mut shifts = [0u8; MAX_ROWS];
+                let lanes = (0..per_word).filter(|lane| set & (1 << lane) != 0);
+                for (shift, lane) in shifts.iter_mut().zip(lanes) {
+                    *shift = (lane * bits) as u8;
+                }
+                shifts
+            })
+            .collect();
         Self {
             words: (0..words).map(|_| AtomicU64::new(0)).collect(),
             mask: words as u64 - 1,
             bits,
             cap: (1u64 << bits) - 1,
             rows,
-            group_len: per_word / rows,
+            choices,
         }
     }
 
@@ -122,16 +140,13 @@ impl Sketch {
     }
 
     fn lanes(&self, hash: u64) -> Lanes {
-        // The word from the high bits, the counter in each group from the low ones.
-        let index = ((hash >> 24) & self.mask) as usize;
-        let sel_bits = self.group_len.trailing_zeros();
-        let mut shifts = [0u32; MAX_ROWS];
-        for (g, shift) in shifts.iter_mut().enumerate().take(self.rows as usize) {
-            let g = g as u32;
-            let sel = ((hash >> (g * sel_bits)) as u32) & (self.group_len - 1);
-            *shift = (g * self.group_len + sel) * self.bits;
+        // The word from the high half, the choice of counters from the low half.
+        let index = ((hash >> 32) & self.mask) as usize;
+        let pick = ((hash & 0xffff_ffff) * self.choices.len() as u64) >> 32;
+        Lanes {
+            index,
+            shifts: self.choices.get(pick as usize).copied().unwrap_or_default(),
         }
-        Lanes { index, shifts }
     }
 
     /// The smallest of the key's counters in `word`.
@@ -219,7 +234,8 @@ impl Sketch {
     /// key shares every one of its counters with another key.
     pub fn over_count_bound(&self, keys: usize) -> f64 {
         let lambda = keys as f64 / self.words.len() as f64;
-        let miss = 1.0 - 1.0 / f64::from(self.group_len);
+        let per_word = 64 / self.bits;
+        let miss = 1.0 - f64::from(self.rows) / f64::from(per_word);
         let mut p_n = (-lambda).exp();
         let mut sum = 0.0;
         for n in 1..200 {
@@ -246,14 +262,19 @@ mod tests {
     #[test]
     fn layout_follows_the_limit() {
         let s = Sketch::new(100_000, 10);
-        assert_eq!((s.bits, s.rows, s.group_len, s.cap), (4, 4, 4, 15));
+        assert_eq!((s.bits, s.rows, s.choices.len(), s.cap), (4, 4, 1820, 15));
         assert_eq!(s.bytes(), 2 << 20);
         let s = Sketch::new(1000, 100);
-        assert_eq!((s.bits, s.rows, s.group_len), (8, 4, 2));
+        assert_eq!((s.bits, s.rows, s.choices.len()), (8, 4, 70));
         let s = Sketch::new(1000, 1000);
-        assert_eq!((s.bits, s.rows, s.group_len), (16, 2, 2));
+        assert_eq!((s.bits, s.rows, s.choices.len()), (16, 2, 6));
         let s = Sketch::new(1000, 1_000_000);
-        assert_eq!((s.bits, s.rows, s.group_len), (32, 1, 2));
+        assert_eq!((s.bits, s.rows, s.choices.len()), (32, 1, 2));
+        // Each choice is `rows` distinct counters.
+        let s = Sketch::new(1000, 10);
+        for c in s.choices.iter() {
+            assert!(c.windows(2).all(|w| w[0] < w[1]), "{c:?}");
+        }
     }
 
     #[test]
