@@ -640,7 +640,8 @@ mod tests {
                             }
                             if req.uri().path() == "/upgrade" {
                                 tokio::spawn(async move {
-                                    let mut io = TokioIo::new(hyper::upgrade::on(req).await.unwrap());
+                                    let mut io =
+                                        TokioIo::new(hyper::upgrade::on(req).await.unwrap());
                                     let mut buf = [0u8; 4];
                                     io.read_exact(&mut buf).await.unwrap();
                                     io.write_all(&buf).await.unwrap();
@@ -717,7 +718,9 @@ mod tests {
         }
         let seen = sim.requests();
         assert_eq!(seen.len(), 3);
-        assert!(seen.iter().all(|r| r.body == body && r.path == "/api/v3/sessions"));
+        assert!(seen
+            .iter()
+            .all(|r| r.body == body && r.path == "/api/v3/sessions"));
         assert_eq!(pool.stats().opened.load(Ordering::SeqCst), 1);
     }
 
@@ -793,7 +796,9 @@ mod tests {
                             Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
                     hang.notified().await;
                 });
             }
@@ -803,7 +808,10 @@ mod tests {
         let dead = lock(&pool.shared.parked).pop_front().unwrap().sender;
         hang_up.notify_one();
         until(|| dead.is_closed(), "the connection closed").await;
-        let res = pool.send_on(Sender::H1(dead), true, get("/2")).await.unwrap();
+        let res = pool
+            .send_on(Sender::H1(dead), true, get("/2"))
+            .await
+            .unwrap();
         assert_eq!(text(res).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(pool.stats().retried.load(Ordering::SeqCst), 1);
@@ -862,8 +870,16 @@ mod tests {
             ..config(srv.addr)
         });
         text(pool.send(get("/a")).await.unwrap()).await;
-        until(|| pool.open_connections() == 0, "the idle connection closed").await;
-        until(|| srv.ended.load(Ordering::SeqCst) == 1, "the server saw it close").await;
+        until(
+            || pool.open_connections() == 0,
+            "the idle connection closed",
+        )
+        .await;
+        until(
+            || srv.ended.load(Ordering::SeqCst) == 1,
+            "the server saw it close",
+        )
+        .await;
         text(pool.send(get("/b")).await.unwrap()).await;
         assert_eq!(srv.accepted.load(Ordering::SeqCst), 2);
     }
@@ -985,7 +1001,10 @@ mod tests {
             .map(|i| {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    pool.send(get(&format!("/api/v3/users/u{i}"))).await.unwrap().status()
+                    pool.send(get(&format!("/api/v3/users/u{i}")))
+                        .await
+                        .unwrap()
+                        .status()
                 })
             })
             .collect();

@@ -14,7 +14,8 @@ use crate::config::{invalid, ConfigError, Secret};
 pub const MAX_REQUESTS: u32 = 1_000_000;
 /// Longest window accepted, one day; for the same reason as [`MAX_REQUESTS`].
 pub const MAX_WINDOW_SECS: u32 = 86_400;
-/// Largest `expected_devices` accepted: 256 MiB per window at most (32-bit counters).
+/// Largest `expected_devices` accepted: 256 MiB per window with 4-bit counters (limits up to
+/// 15), 8× that with 32-bit ones.
 pub const MAX_EXPECTED_DEVICES: usize = 10_000_000;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -276,10 +276,7 @@ impl LocalLimiter {
                 }
                 let got = sketch.acquire(&addr, now_ms);
                 if !got.admitted {
-                    return refused(
-                        &peeked,
-                        Some(got.tally.standing(sketch.limit(), false)),
-                    );
+                    return refused(&peeked, Some(got.tally.standing(sketch.limit(), false)));
                 }
                 Some((sketch, got))
             }
