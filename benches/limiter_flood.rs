@@ -2,8 +2,10 @@
 //! interleaved: resident memory before, during and after, and how many light devices were
 //! wrongly refused. Then the other hard case for a count-min sketch: many devices, each well
 //! within its budget but making several requests (100,000 devices, 6 of 10 each, round-robin),
-//! where a device whose counters are all shared is over-counted by whole devices' counts. Run
-//! for the default sketch and two smaller sizes.
+//! where a device whose counters are all shared by other devices may be over-counted. Run for
+//! the default size (`expected_devices` = 100,000) and a tenth of it; the steady case also
+//! runs `pingora_limits`' plain count-min estimator in the same memory, for comparison, and
+//! checks the sketch's stated over-count bound (it panics if the measured rate exceeds it).
 //!
 //! `cargo bench --bench limiter_flood`
 //!
@@ -17,7 +19,9 @@ use std::fmt::Write;
 use std::time::Instant;
 
 use amity_gateway::ratelimit::local::SlidingSketch;
+use amity_gateway::ratelimit::sketch::Sketch;
 use amity_gateway::ratelimit::{Key, RateLimitFile, RateLimiter};
+use pingora_limits::estimator::Estimator;
 
 const FLOOD: usize = 1_000_000;
 /// Light devices, each making `LIGHT_REQUESTS` of its 10: all must be admitted.
@@ -86,10 +90,10 @@ impl Group {
     }
 }
 
-fn run(slots: usize) {
+fn run(expected_devices: usize) {
     let rss_start = rss_kib();
     let file = RateLimitFile {
-        sketch_slots: slots,
+        expected_devices,
         ..RateLimitFile::default()
     };
     let config = file.resolve().unwrap().unwrap();
@@ -125,10 +129,11 @@ fn run(slots: usize) {
     let elapsed = start.elapsed();
     let rss_after = rss_kib();
     let decisions = FLOOD + light.sent + at_limit.sent;
+    let origin = amity_gateway::ratelimit::now_ms();
+    let sketch = SlidingSketch::new(config.session, config.sketch, origin);
     println!(
-        "sketch {} x {slots} ({:.0} MiB for both windows)",
-        config.sketch.hashes,
-        (2 * config.sketch.hashes * slots * 8) as f64 / (1024.0 * 1024.0)
+        "expected_devices {expected_devices} ({:.1} MiB for both windows)",
+        sketch.bytes() as f64 / (1024.0 * 1024.0)
     );
     println!(
         "  RSS MiB: process start {:.1}, limiter built {:.1}, after flood {:.1} (growth {:+.1}); during: {}",
@@ -148,8 +153,6 @@ fn run(slots: usize) {
         elapsed.as_nanos() as f64 / decisions as f64
     );
     // The first request of a window clears the sketch of the window before last.
-    let origin = amity_gateway::ratelimit::now_ms();
-    let sketch = SlidingSketch::new(config.session, config.sketch, origin);
     sketch.acquire(&"warm", origin);
     let t = Instant::now();
     let two_windows = 2 * config.session.window.as_millis() as u64;
@@ -173,15 +176,20 @@ fn run(slots: usize) {
 const STEADY: usize = 100_000;
 const STEADY_REQUESTS: usize = 6;
 
-fn steady(slots: usize) {
+fn steady(expected_devices: usize) {
     let file = RateLimitFile {
-        sketch_slots: slots,
+        expected_devices,
         ..RateLimitFile::default()
     };
     let config = file.resolve().unwrap().unwrap();
+    let limit = u64::from(config.session.requests.get());
     let window_ms = config.session.window.as_millis() as u64;
     let slot_ms = window_ms / STEADY_REQUESTS as u64;
     let sketch = SlidingSketch::new(config.session, config.sketch, 0);
+    let id = |buf: &mut String, device: usize| {
+        buf.clear();
+        let _ = write!(buf, "device-abc-{device:06}");
+    };
     let mut buf = String::with_capacity(32);
     // Every device makes its requests evenly through each window, so its sliding estimate
     // never passes 7 of 10: any refusal is the sketch's doing. Window 1 alone is the case of
@@ -190,8 +198,7 @@ fn steady(slots: usize) {
         let mut refused = vec![false; STEADY];
         for k in 0..STEADY_REQUESTS as u64 {
             for (device, refused) in refused.iter_mut().enumerate() {
-                buf.clear();
-                let _ = write!(buf, "device-abc-{device:06}");
+                id(&mut buf, device);
                 let at = window * window_ms + k * slot_ms + device as u64 % slot_ms;
                 *refused |= !sketch.acquire(&buf.as_str(), at).admitted;
             }
@@ -203,19 +210,65 @@ fn steady(slots: usize) {
             100.0 * wrong as f64 / STEADY as f64
         );
     }
+
+    // The bound, on one window's sketch: the share of devices whose estimate exceeds their
+    // true count must stay within `Sketch::over_count_bound`.
+    let one = Sketch::new(expected_devices, config.session.requests.get());
+    let hasher = ahash::RandomState::new();
+    for _ in 0..STEADY_REQUESTS {
+        for device in 0..STEADY {
+            id(&mut buf, device);
+            one.add_if(hasher.hash_one(buf.as_str()), |_| true);
+        }
+    }
+    let over = (0..STEADY)
+        .filter(|device| {
+            id(&mut buf, *device);
+            one.estimate(hasher.hash_one(buf.as_str())) > STEADY_REQUESTS as u64
+        })
+        .count();
+    let rate = over as f64 / STEADY as f64;
+    let bound = one.over_count_bound(STEADY);
+    println!(
+        "  over-counted after 6 each: {over} ({:.4} %), stated bound {:.4} %",
+        100.0 * rate,
+        100.0 * bound
+    );
+    assert!(rate <= bound, "the sketch's over-count bound does not hold");
+
+    // pingora's plain count-min estimator in the same memory (its counters are 8 bytes; 4
+    // rows), window 1 alone: count, refuse past the limit and take the count back.
+    let slots = one.bytes() / (4 * 8);
+    let plain = Estimator::new(4, slots);
+    let mut refused = vec![false; STEADY];
+    for _ in 0..STEADY_REQUESTS {
+        for (device, refused) in refused.iter_mut().enumerate() {
+            id(&mut buf, device);
+            let key = buf.as_str();
+            if plain.incr(key, 1) as u64 > limit {
+                plain.decr(key, 1);
+                *refused = true;
+            }
+        }
+    }
+    let wrong = refused.iter().filter(|r| **r).count();
+    println!(
+        "  pingora Estimator 4 x {slots} (same bytes), window 1: {wrong} wrongly refused ({:.3} %)",
+        100.0 * wrong as f64 / STEADY as f64
+    );
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; a name filter is not meaningful here.
     // The default first: its resident-memory figures start from a fresh process.
-    let sizes = [1 << 20, 1 << 18, 1 << 16];
-    for slots in sizes {
-        run(slots);
+    let sizes = [100_000, 10_000];
+    for expected in sizes {
+        run(expected);
     }
     // After every flood, so that memory the steady case leaves with the allocator does not
     // blur the flood's resident-memory figures.
-    for slots in sizes {
-        println!("sketch 4 x {slots}, steady devices");
-        steady(slots);
+    for expected in sizes {
+        println!("expected_devices {expected}, steady devices");
+        steady(expected);
     }
 }

@@ -14,6 +14,9 @@ use crate::config::shared::{invalid, ConfigError, Secret};
 pub const MAX_REQUESTS: u32 = 1_000_000;
 /// Longest window accepted, one day; for the same reason as [`MAX_REQUESTS`].
 pub const MAX_WINDOW_SECS: u32 = 86_400;
+/// Largest `expected_devices` accepted: 256 MiB per window with 4-bit counters (limits up to
+/// 15), 8× that with 32-bit ones.
+pub const MAX_EXPECTED_DEVICES: usize = 10_000_000;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,11 +33,12 @@ pub struct RateLimitFile {
     /// What a decision does when Redis fails or is slower than `redis.timeout_ms`: `local`
     /// (default: decide with this replica's own sketch), `allow` or `deny`.
     pub on_backend_error: OnBackendError,
-    /// Rows of the count-min sketch (independent hashes). Default 4.
-    pub sketch_hashes: usize,
-    /// Counters per row of the count-min sketch. Default 1048576 (2^20); with 4 rows the two
-    /// windows take 64 MiB. See `ratelimit::local` for the over-count bound.
-    pub sketch_slots: usize,
+    /// Distinct devices (and, with the per-IP limit, client IPs) expected to make requests in
+    /// one window: sizes the local sketch. Default 100000 (4 MiB: 2 MiB per window with the
+    /// default limit; wider counters for larger limits scale it up to 8×). More devices than
+    /// this are still limited, with more over-counting; see `ratelimit::sketch` for the bound.
+    /// 1 to 10000000.
+    pub expected_devices: usize,
     pub redis: RedisFile,
     pub per_ip: PerIpFile,
 }
@@ -47,8 +51,7 @@ impl Default for RateLimitFile {
             window_secs: 60,
             backend: BackendKind::Local,
             on_backend_error: OnBackendError::Local,
-            sketch_hashes: 4,
-            sketch_slots: 1 << 20,
+            expected_devices: 100_000,
             redis: RedisFile::default(),
             per_ip: PerIpFile::default(),
         }
@@ -165,11 +168,11 @@ impl Quota {
     }
 }
 
-/// Size of a count-min sketch.
+/// What the local sketch is sized from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SketchSize {
-    pub hashes: usize,
-    pub slots: usize,
+    /// Distinct keys expected per window.
+    pub expected_keys: usize,
 }
 
 /// Where the shared budget lives when `backend = "redis"`. `Debug` hides the URL (it may carry
@@ -225,13 +228,10 @@ impl RateLimitFile {
                 self.per_ip.window_secs,
             )?),
         };
-        if !(1..=16).contains(&self.sketch_hashes) {
-            return Err(invalid("rate_limit.sketch_hashes", "must be 1 to 16"));
-        }
-        if !(1024..=1 << 26).contains(&self.sketch_slots) {
+        if !(1..=MAX_EXPECTED_DEVICES).contains(&self.expected_devices) {
             return Err(invalid(
-                "rate_limit.sketch_slots",
-                "must be 1024 to 67108864",
+                "rate_limit.expected_devices",
+                format!("must be 1 to {MAX_EXPECTED_DEVICES}"),
             ));
         }
         let redis = match self.backend {
@@ -276,8 +276,7 @@ impl RateLimitFile {
             per_ip,
             trusted_hops: self.per_ip.trusted_hops,
             sketch: SketchSize {
-                hashes: self.sketch_hashes,
-                slots: self.sketch_slots,
+                expected_keys: self.expected_devices,
             },
             redis,
             on_backend_error: self.on_backend_error,
@@ -300,8 +299,7 @@ mod tests {
         assert_eq!(
             c.sketch,
             SketchSize {
-                hashes: 4,
-                slots: 1 << 20
+                expected_keys: 100_000
             }
         );
     }
@@ -338,7 +336,7 @@ mod tests {
                 },
                 "rate_limit.per_ip.window_secs",
             ),
-            (|f| f.sketch_slots = 10, "rate_limit.sketch_slots"),
+            (|f| f.expected_devices = 0, "rate_limit.expected_devices"),
             (|f| f.backend = BackendKind::Redis, "rate_limit.redis.url"),
         ];
         for (edit, key) in cases {

@@ -1,87 +1,51 @@
 //! The local backend: sliding-window counts in fixed memory, per replica.
 //!
-//! Each policy (per device, per IP) keeps two count-min sketches
-//! ([`pingora_limits::estimator::Estimator`]): one for the current fixed window, one for the
-//! previous. A key is never stored, only added into one counter per row (`sketch_hashes` rows
-//! of `sketch_slots` counters, each row with its own random hash), and its count is read as the
-//! smallest of its counters. Hence:
+//! Each policy (per device, per IP) keeps two sketches ([`super::sketch::Sketch`]: count-min
+//! with conservative update, a key's counters in one 64-bit word): one for the current fixed
+//! window, one for the previous. A key is never stored, and:
 //!
-//! - memory is `2 × hashes × slots × 8` bytes per policy, fixed at start-up (64 MiB with the
-//!   defaults) and independent of the number of distinct keys;
-//! - nothing is ever evicted: a flood of new ids can only add to counters, never remove a
+//! - memory is fixed at start-up from `expected_devices` and the limit, independent of the
+//!   number of distinct keys: 2 MiB per window for 100,000 expected devices and a limit of at
+//!   most 15 (4-bit counters), twice that per doubling of the counter width;
+//! - nothing is ever evicted: a flood of new ids can only raise counters, never lower a
 //!   device's count, so it cannot reset anyone's budget. Collisions can only over-count.
 //!
-//! ## Over-count bound
+//! ## Why not `pingora_limits::estimator::Estimator`
 //!
-//! A key's estimate is its true count plus, in every row, the counts of the other keys that
-//! share its counter; the sketch keeps the smallest. With `K` distinct keys counted in the
-//! sliding window spread over `slots` counters per row, the other keys in one of a key's
-//! counters number about Poisson(`K / slots`), so
+//! pingora's estimator is a plain count-min sketch: every increment adds one to a counter in
+//! each row (signed 64-bit counters, one cache line per row). Two devices sharing a counter read
+//! the sum of their counts there, so at the same memory many devices of moderate rate refuse
+//! each other. Measured by `benches/limiter_flood.rs` (100,000 devices making 6 of their 10
+//! requests in each of three windows): in 2 MiB per window the estimator (4 × 65,536 counters)
+//! wrongly refuses 37.5 % of them in the first window, this sketch 0.018 % (18 devices), then
+//! 0.012 % and 0.009 %; the estimator needed 32 MiB per window (4 × 2^20, the former default)
+//! for 0.014 %. Through a flood of a million new ids, devices making exactly their 10 are
+//! refused at the 10th in 0.2 % (the estimator at 32 MiB: 12 %). Each key's counters sit in one
+//! word, so a decision is one cache line and one compare-and-swap instead of eight cache lines
+//! (4 rows × 2 windows). The estimator stays as the bench's reference; the per-IP policy uses
+//! this sketch too (its keys are fewer, and one implementation keeps one bound).
 //!
-//! ```text
-//! P(a key shares a counter with another key in every row) ≈ (1 − e^(−K / slots)) ^ hashes
-//! ```
-//!
-//! and such a key is over-counted by at least the smallest of those other keys' counts. A
-//! device that has made `n` of its `q` requests is refused early when the excess reaches
-//! `q − n + 1`. Two regimes matter:
-//!
-//! - a flood of new ids, one request each: the excess is the number of sharing keys, and
-//!   `P(excess ≥ k) ≈ P(Poisson(K / slots) ≥ k) ^ hashes`;
-//! - many devices each making several requests: one sharing key per row is enough to add a
-//!   whole device's count, so a device is refused early with about the probability above as
-//!   soon as its own count and that of the neighbours in its least-loaded row together pass
-//!   `q`.
-//!
-//! The previous window's sketch has hashes of its own, so a device whose previous-window
-//! requests still weigh has a second, independent chance of sharing all its counters: up to
-//! twice the figures below (measured below, window by window).
-//!
-//! For the defaults (4 × 1,048,576):
-//!
-//! | distinct keys K in the window | shared in every row (refused at its q-th; or early, if its neighbours are busy) | flood: excess ≥ 6 (refused at its 5th of 10) |
-//! | --- | --- | --- |
-//! | 10,000 | 8·10⁻⁹ | 10⁻⁶⁰ |
-//! | 100,000 | 7·10⁻⁵ | 9·10⁻³⁷ |
-//! | 1,000,000 | 0.14 | 5·10⁻¹⁴ |
-//!
-//! Measured (`benches/limiter_flood.rs`): 100,000 devices making 6 of their 10 requests each,
-//! evenly through every window, 5–9 wrongly refused (≤ 0.009 %) in the first window and 14
-//! (0.014 %) in the next, where the previous window's sketch weighs too; through a flood of a
-//! million new ids, devices that make 5 of 10 never refused, devices that make exactly 10
-//! refused at their 10th in 12 %. At a quarter of the width (4 × 262,144, 16 MiB) the first
-//! case refuses 1–2 % of the devices, the reason the default is 2^20: a benchmark or a busy
-//! edge (100,000 devices each registering a session every ten seconds) is exactly that case.
-//! Refused requests are not counted, so a single abusive device adds at most `q` to anyone's
-//! estimate. Quadrupling `sketch_slots` divides `K / slots` by four.
+//! Over-count: see [`super::sketch`] for the bound and its table. A refused request is not
+//! counted, so a single abusive device adds at most `q` to anyone's estimate.
 //!
 //! ## Windows and concurrency
 //!
 //! Fixed windows are numbered from the limiter's creation; the two sketches alternate between
 //! odd and even windows, and each records the window it holds. The first request of a new
-//! window clears the sketch that held the window before last (about 1.5 ms for the default
-//! size, once per window; on a current-thread runtime the whole gateway pauses that long)
-//! while concurrent requests for that window wait; readers of
+//! window clears the sketch that held the window before last (a fraction of a millisecond for
+//! the default size, once per window) while concurrent requests for that window wait; readers of
 //! the previous window check its number before and after reading, so a sketch being cleared is
 //! read as empty.
 //!
-//! A request is counted in the current window first and the increment's own result decides; a
-//! refused request takes its count back at once, so refusals consume no budget. The increment
-//! goes row by row, and a key's count is its least row, so racing requests for a key's last
-//! unit can each be first in a different row and each read the count as fitting: a burst of
-//! racing requests at the limit admits at most `min(worker threads, sketch_hashes) − 1` more
-//! than the limit (one more per extra thread, 3 at most with the default 4 rows). Closing that
-//! gap would take a lock or a compare-and-swap over every row per request; one extra session
-//! per thread at the limit does not pay for it. (Counting first makes the common,
-//! admitted case one pass over the sketch instead of a read and a write; a refusal pays a
-//! second pass to take its count back.)
+//! A request is decided and counted by one compare-and-swap of its key's word in the current
+//! window's sketch, so of two racing requests for a key's last unit exactly one is admitted, and
+//! a refused request is never counted: refusals consume no budget.
 
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pingora_limits::estimator::Estimator;
-
+use super::sketch::{Sketch, Ticket};
 use super::{Decision, Key, Quota, SketchSize, Source, Standing, Tally};
 
 /// A window number no real window has: the sketch is being cleared.
@@ -90,13 +54,13 @@ const CLEARING: u64 = u64::MAX;
 struct Slot {
     /// The fixed window whose counts this sketch holds, or [`CLEARING`].
     window: AtomicU64,
-    sketch: Estimator,
+    sketch: Sketch,
 }
 
 /// Sliding-window counts of one policy over an unbounded key space, in fixed memory.
 pub struct SlidingSketch {
     slots: [Slot; 2],
-    /// Turns a key into 64 bits once per decision, so the sketch's rows hash a `u64` rather
+    /// Turns a key into 64 bits once per decision, so the sketch hashes a `u64` rather
     /// than re-reading the key. Randomly seeded: nobody can pick ids that collide on purpose.
     prehash: ahash::RandomState,
     /// Start of the first fixed window, on [`super::now_ms`]'s clock.
@@ -111,9 +75,7 @@ pub struct Acquired<'a> {
     /// Counts before this request.
     pub tally: Tally,
     /// Where an admitted request was counted, to take it back ([`SlidingSketch::undo`]).
-    slot: &'a Slot,
-    window: u64,
-    hash: u64,
+    counted: Option<(&'a Slot, u64, Ticket)>,
 }
 
 impl SlidingSketch {
@@ -124,7 +86,7 @@ impl SlidingSketch {
             .max(1);
         let slot = |window| Slot {
             window: AtomicU64::new(window),
-            sketch: Estimator::new(size.hashes.max(1), size.slots.max(1)),
+            sketch: Sketch::new(size.expected_keys, quota.requests.get()),
         };
         // Windows are numbered from 1, so that window 0 (the empty "previous" of the first
         // one) needs no special case.
@@ -141,6 +103,16 @@ impl SlidingSketch {
         self.limit
     }
 
+    /// Bytes of counters, both windows.
+    pub fn bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.sketch.bytes()).sum()
+    }
+
+    /// The sketch of the current window, for checking its bound.
+    pub fn over_count_bound(&self, keys: usize) -> f64 {
+        self.slots[0].sketch.over_count_bound(keys)
+    }
+
     /// The fixed window containing `now_ms`, and the milliseconds elapsed in it.
     fn locate(&self, now_ms: u64) -> (u64, u64) {
         let ms = now_ms.saturating_sub(self.origin_ms).min(u64::MAX - 1);
@@ -154,7 +126,7 @@ impl SlidingSketch {
         loop {
             let held = slot.window.load(Ordering::Acquire);
             if held == CLEARING {
-                // Another request is clearing it for this window: a few milliseconds at most.
+                // Another request is clearing it for this window: well under a millisecond.
                 spins += 1;
                 if spins < 64 {
                     std::hint::spin_loop();
@@ -173,7 +145,7 @@ impl SlidingSketch {
                 .compare_exchange(held, CLEARING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                slot.sketch.reset();
+                slot.sketch.clear();
                 slot.window.store(n, Ordering::Release);
                 return slot;
             }
@@ -187,59 +159,63 @@ impl SlidingSketch {
         if slot.window.load(Ordering::Acquire) != want {
             return 0;
         }
-        let count = slot.sketch.get(hash);
+        let count = slot.sketch.estimate(hash);
         // Cleared for a newer window while being read: the old counts are gone.
         if slot.window.load(Ordering::Acquire) != want {
             return 0;
         }
-        count.max(0) as u64
+        count
     }
 
     /// Counts one request for `key` if it fits within the limit; if not, leaves the counts as
-    /// they were.
-    ///
-    /// The current window is counted first and the increment's own result decides; a refused
-    /// request takes its count back at once. Racing requests for a key's last unit may admit
-    /// up to `min(threads, rows) − 1` extra (see the module doc). Admitted requests, the common case, thus make one pass over the
-    /// current window's sketch instead of a read and then a write.
+    /// they were. The decision and the count are one compare-and-swap of the key's word, so of
+    /// two racing requests for a key's last unit exactly one is admitted.
     pub fn acquire<K: Hash>(&self, key: &K, now_ms: u64) -> Acquired<'_> {
+        self.count(key, now_ms, true)
+    }
+
+    /// Where `key` stands now, counting nothing.
+    pub fn peek<K: Hash>(&self, key: &K, now_ms: u64) -> Acquired<'_> {
+        self.count(key, now_ms, false)
+    }
+
+    fn count<K: Hash>(&self, key: &K, now_ms: u64, add: bool) -> Acquired<'_> {
         let hash = self.prehash.hash_one(key);
         let (n, elapsed_ms) = self.locate(now_ms);
-        // The previous window is read first: its loads can overlap the increments, which the
-        // processor must otherwise finish first (each is a locked instruction).
         let prev = self.previous(n, hash);
         let slot = self.current(n);
-        let after = slot.sketch.incr(hash, 1).max(1) as u64;
-        let tally = Tally {
+        let tally = |curr| Tally {
             prev,
-            curr: after - 1,
+            curr,
             elapsed_ms,
             window_ms: self.window_ms,
         };
-        let admitted = tally.admits(self.limit);
-        if !admitted {
-            Self::take_back(slot, n, hash);
+        if !add {
+            let t = tally(slot.sketch.estimate(hash));
+            return Acquired {
+                admitted: t.admits(self.limit),
+                tally: t,
+                counted: None,
+            };
         }
+        let (curr, ticket) = slot
+            .sketch
+            .add_if(hash, |curr| tally(curr).admits(self.limit));
         Acquired {
-            admitted,
-            tally,
-            slot,
-            window: n,
-            hash,
+            admitted: ticket.is_some(),
+            tally: tally(curr),
+            counted: ticket.map(|t| (slot, n, t)),
         }
     }
 
-    /// Takes back an admitted request (a later policy refused it).
+    /// Takes back an admitted request (a later policy refused it), if nothing else has touched
+    /// its counters since (otherwise it stays counted: an over-count, never an under-count).
     pub fn undo(&self, acquired: &Acquired<'_>) {
-        if acquired.admitted {
-            Self::take_back(acquired.slot, acquired.window, acquired.hash);
-        }
-    }
-
-    fn take_back(slot: &Slot, window: u64, hash: u64) {
-        // If the sketch moved on to a newer window the count went with it.
-        if slot.window.load(Ordering::Acquire) == window {
-            slot.sketch.decr(hash, 1);
+        if let Some((slot, window, ticket)) = &acquired.counted {
+            // If the sketch moved on to a newer window the count went with it.
+            if slot.window.load(Ordering::Acquire) == *window {
+                slot.sketch.take_back(ticket);
+            }
         }
     }
 
@@ -249,11 +225,10 @@ impl SlidingSketch {
         let hash = self.prehash.hash_one(key);
         let (n, elapsed_ms) = self.locate(now_ms);
         let prev = self.previous(n, hash);
-        let slot = self.current(n);
-        let after = slot.sketch.incr(hash, 1).max(1) as u64;
+        let (curr, _) = self.current(n).sketch.add_if(hash, |_| true);
         Tally {
             prev,
-            curr: after - 1,
+            curr,
             elapsed_ms,
             window_ms: self.window_ms,
         }
@@ -280,38 +255,45 @@ impl LocalLimiter {
 
     /// Admits the request if every policy has room, counting it in each; otherwise counts it
     /// nowhere.
+    ///
+    /// With a per-IP limit the device's standing is read first, the IP counted, then the
+    /// device: a refused device (the common refusal: one device retrying) never touches the
+    /// IP's counts, and a refused IP never touches the device's. Only a device that loses a
+    /// race for its last unit in between has its IP count taken back.
     pub fn acquire(&self, key: Key<'_>, now_ms: u64, source: Source) -> Decision {
         let limit = self.session.limit();
-        let dev = self.session.acquire(&key.device, now_ms);
-        if !dev.admitted {
-            return Decision {
-                allowed: false,
-                source,
-                session: dev.tally.standing(limit, false),
-                ip: None,
-            };
-        }
+        let refused = |dev: &Acquired<'_>, ip: Option<Standing>| Decision {
+            allowed: false,
+            source,
+            session: dev.tally.standing(limit, false),
+            ip,
+        };
         let ip = match self.ip_sketch(key.ip) {
             Some((sketch, addr)) => {
+                let peeked = self.session.peek(&key.device, now_ms);
+                if !peeked.admitted {
+                    return refused(&peeked, None);
+                }
                 let got = sketch.acquire(&addr, now_ms);
                 if !got.admitted {
-                    self.session.undo(&dev);
-                    return Decision {
-                        allowed: false,
-                        source,
-                        session: dev.tally.standing(limit, false),
-                        ip: Some(got.tally.standing(sketch.limit(), false)),
-                    };
+                    return refused(&peeked, Some(got.tally.standing(sketch.limit(), false)));
                 }
-                Some(got.tally.standing(sketch.limit(), true))
+                Some((sketch, got))
             }
             None => None,
         };
+        let dev = self.session.acquire(&key.device, now_ms);
+        if !dev.admitted {
+            if let Some((sketch, got)) = &ip {
+                sketch.undo(got);
+            }
+            return refused(&dev, None);
+        }
         Decision {
             allowed: true,
             source,
             session: dev.tally.standing(limit, true),
-            ip,
+            ip: ip.map(|(sketch, got)| got.tally.standing(sketch.limit(), true)),
         }
     }
 
@@ -336,8 +318,7 @@ mod tests {
     use super::*;
 
     const SMALL: SketchSize = SketchSize {
-        hashes: 4,
-        slots: 4096,
+        expected_keys: 4096,
     };
 
     fn quota(requests: u32, secs: u64) -> Quota {

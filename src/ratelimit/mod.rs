@@ -7,8 +7,9 @@
 //! requests are counted, so a refused request consumes no budget and a client that keeps
 //! retrying while refused is admitted again on schedule.
 //!
-//! - [`local`]: fixed-memory count-min sketches (from `pingora-limits`), one pair per policy,
-//!   per replica. Memory does not depend on how many keys exist; collisions can only over-count.
+//! - [`local`]: fixed-memory count-min sketches with conservative update ([`sketch`]), one pair
+//!   per policy, per replica, sized from the expected devices per window. Memory does not
+//!   depend on how many keys exist; collisions can only over-count.
 //! - [`redis`]: the same arithmetic in one atomic Lua script, one round trip per decision, one
 //!   budget shared by every replica. On an error or a missed time budget, `on_backend_error`
 //!   decides and the fallback is counted in [`RateLimitStats`].
@@ -20,6 +21,7 @@
 mod config;
 pub mod local;
 pub mod redis;
+pub mod sketch;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
