@@ -1,5 +1,5 @@
 //! The upstream client alone: one session POST at a time to the simulator over loopback,
-//! response body read, through `upstream_pool::Pool` and through hyper-util's legacy client
+//! response body read, through `upstream::pool::Pool` and through hyper-util's legacy client
 //! (configured as `src/upstream.rs` configures it). Same connector, same runtime
 //! (current-thread), same allocator.
 //!
@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use amity_gateway::sim::{SimConfig, Simulator};
-use amity_gateway::upstream_pool::{connector, Pool, PoolConfig};
+use amity_gateway::upstream::pool::{connector, Pool, PoolConfig};
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
 use http::{Method, Request};

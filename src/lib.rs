@@ -26,7 +26,7 @@ pub mod stack;
 mod test_util;
 pub mod tls;
 pub mod upstream;
-pub mod upstream_pool;
+
 pub mod wire;
 
 pub use error::{ApiError, BoxError, GatewayError};
