@@ -2,26 +2,47 @@
 //! the connection is closed at once and counted, so a few clients cannot hold every file
 //! descriptor the process has.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use pingora_limits::inflight::{Guard, Inflight};
 
 use crate::layers::admission::Refusal;
 
-#[derive(Debug)]
+/// The per-IP count is pingora's `Inflight`: a fixed-size count-min sketch (4 × 8192 counters,
+/// 256 KiB) whose guard gives the place back on drop. Memory and accept cost do not grow with
+/// the number of client addresses, and no lock is shared by every accept. A sketch can only
+/// over-count: an address that shares all four counters with busy ones may be refused early,
+/// which with the per-IP cap far above one client's need (default 1024) and at most
+/// `max_connections` open does not happen in practice.
 pub struct ConnCaps {
     max_total: usize,
     max_per_ip: usize,
     total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Inflight,
+}
+
+impl std::fmt::Debug for ConnCaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnCaps")
+            .field("max_total", &self.max_total)
+            .field("max_per_ip", &self.max_per_ip)
+            .field("open", &self.open())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Held by an admitted connection; gives its place back when dropped.
-#[derive(Debug)]
 pub struct Admitted {
     caps: Arc<ConnCaps>,
-    ip: IpAddr,
+    _ip: Guard,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admitted")
+    }
 }
 
 impl ConnCaps {
@@ -30,25 +51,26 @@ impl ConnCaps {
             max_total,
             max_per_ip,
             total: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
+            per_ip: Inflight::new(),
         })
     }
 
     /// A place for one more connection from `ip`, or the cap it would break.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.total.load(Ordering::Relaxed) >= self.max_total {
+        let total = self.total.fetch_add(1, Ordering::AcqRel);
+        if total >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Connections);
         }
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        let (guard, n) = self.per_ip.incr(ip, 1);
+        if usize::try_from(n).unwrap_or(usize::MAX) > self.max_per_ip {
+            drop(guard);
+            self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ConnectionsPerIp);
         }
-        *n += 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
         Ok(Admitted {
             caps: self.clone(),
-            ip,
+            _ip: guard,
         })
     }
 
@@ -59,18 +81,7 @@ impl ConnCaps {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .caps
-            .per_ip
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        self.caps.total.fetch_sub(1, Ordering::Relaxed);
+        self.caps.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -91,6 +102,7 @@ mod tests {
         drop(a1);
         assert_eq!(caps.open(), 2);
         let _a3 = caps.admit(a).unwrap();
-        assert_eq!(caps.per_ip.lock().unwrap().len(), 2);
+        assert_eq!(caps.open(), 3);
+        assert_eq!(caps.admit(a).unwrap_err(), Refusal::Connections);
     }
 }
