@@ -13,6 +13,7 @@ pub mod layers;
 pub mod logging;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod reload;
 pub mod routes;
 pub mod runtime;

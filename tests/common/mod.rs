@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis_servers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
