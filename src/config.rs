@@ -479,7 +479,9 @@ impl FileConfig {
             max_body_bytes: positive("limits.max_body_bytes", self.limits.max_body_bytes as u64)?
                 as usize,
             log: self.log.clone(),
-            cache: self.cache.resolve()?,
+            cache: self
+                .cache
+                .resolve_with(self.rate_limit.redis.url.as_ref())?,
             tls: self.tls.resolve(Duration::from_millis(positive(
                 "tls.handshake_timeout_ms",
                 self.tls.handshake_timeout_ms,

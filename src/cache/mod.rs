@@ -23,6 +23,7 @@ pub mod key;
 pub mod marks;
 mod scan;
 pub mod settings;
+pub mod shared;
 pub mod stats;
 pub mod store;
 pub mod tokens;
@@ -48,6 +49,7 @@ use crate::wire::bearer;
 use key::{Key, Kind, Lookup};
 use marks::{UserHash, UserMarks};
 use settings::CacheConfig;
+use shared::{Fact, SharedTruth};
 use stats::{CacheResult, CacheStats, Counters};
 use store::{Entry, Store};
 use tokens::{DeviceHash, Partition, TokenHash, TokenRegistry};
@@ -67,6 +69,8 @@ pub struct LookupCache {
     counters: Counters,
     ttl_us: i64,
     proven_ttl_us: i64,
+    /// Facts shared with the other replicas (`[cache.shared]`).
+    shared: Option<SharedTruth>,
 }
 
 /// What to do with a request on a route the cache watches.
@@ -123,7 +127,25 @@ impl LookupCache {
             counters: Counters::default(),
             ttl_us: micros(cfg.ttl),
             proven_ttl_us: micros(cfg.proven_token_ttl),
+            shared: cfg.shared.as_ref().map(|s| SharedTruth::new(s, cfg)),
             cfg: cfg.clone(),
+        }
+    }
+
+    /// [`LookupCache::new`], sharing with the other replicas when configured (the sharing
+    /// runs on the current Tokio runtime).
+    pub fn start(cfg: &CacheConfig) -> std::sync::Arc<Self> {
+        let cache = std::sync::Arc::new(Self::new(cfg));
+        if let Some(shared) = &cache.shared {
+            shared.start(std::sync::Arc::downgrade(&cache));
+        }
+        cache
+    }
+
+    /// Tells the other replicas, if sharing.
+    fn publish(&self, fact: Fact) {
+        if let Some(shared) = &self.shared {
+            shared.publish(fact);
         }
     }
 
@@ -155,7 +177,11 @@ impl LookupCache {
             return forward(token, None, Some(CacheResult::Bypass));
         };
         let now = now_us();
-        let (key, prove) = match self.tokens.valid(&token, now) {
+        let trusted = self.tokens.valid(&token, now).or_else(|| {
+            let shared = self.shared.as_ref()?;
+            shared.valid(&token, now)
+        });
+        let (key, prove) = match trusted {
             Some(partition) => {
                 let key = lookup.key(partition);
                 if let Some(entry) = self.store.get(&key) {
@@ -213,9 +239,13 @@ impl LookupCache {
         if let Some(token) = &pending.token {
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 self.tokens.forget(token);
+                self.publish(Fact::Forget { token: *token });
             } else if status.is_success() {
                 match pending.route {
-                    Route::Logout => self.tokens.forget(token),
+                    Route::Logout => {
+                        self.tokens.forget(token);
+                        self.publish(Fact::Forget { token: *token });
+                    }
                     Route::VerifySession => {
                         self.tokens.proven(*token, now);
                         if let Some(v) = body_bytes(res.body()) {
@@ -293,9 +323,18 @@ impl LookupCache {
             tracing::debug!("lastCachePurge is not a date; ignored");
             return;
         };
+        self.purge_at(at, true);
+    }
+
+    /// Moves the purge watermark to a `lastCachePurge` date (µs), dropping what it purges;
+    /// `publish`: the date was seen here, not learnt from another replica.
+    fn purge_at(&self, at: i64, publish: bool) {
         match self.watermark.report(at, now_us()) {
             Advance::Unchanged => {}
             advance => {
+                if publish {
+                    self.publish(Fact::Purge { at_us: at });
+                }
                 if advance == Advance::Moved {
                     Counters::bump(&self.counters.purges);
                     tracing::info!(
@@ -321,7 +360,10 @@ impl LookupCache {
         Some(SessionPending {
             partition: Partition::of_network(api_key.as_bytes()),
             user_id: user_id.into(),
-            device: DeviceHash(self.devices.hash_one(device_id)),
+            device: match self.shared {
+                Some(_) => shared::device_hash(device_id),
+                None => DeviceHash(self.devices.hash_one(device_id)),
+            },
         })
     }
 
@@ -358,13 +400,15 @@ impl LookupCache {
         }
         // Without a usable expiry the token is fresh now, but only trusted briefly.
         let expires = expires.unwrap_or_else(|| now.saturating_add(self.proven_ttl_us));
-        self.tokens.issued(
-            TokenHash::of(token),
-            pending.partition,
-            pending.device,
-            expires,
-            now,
-        );
+        let token = TokenHash::of(token);
+        self.tokens
+            .issued(token, pending.partition, pending.device, expires, now);
+        self.publish(Fact::Issued {
+            token,
+            partition: pending.partition,
+            device: pending.device,
+            expires_us: expires,
+        });
     }
 
     /// Counters and sizes (sizes as of moka's last maintenance; see [`LookupCache::sync`]).
@@ -373,6 +417,7 @@ impl LookupCache {
         s.entries = self.store.entries();
         s.bytes = self.store.weighted_bytes();
         s.tokens = self.tokens.len();
+        s.shared = self.shared.as_ref().map(SharedTruth::stats);
         s
     }
 

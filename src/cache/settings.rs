@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{invalid, positive, ConfigError};
+use crate::config::{invalid, positive, ConfigError, Secret};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +32,8 @@ pub struct CacheFile {
     /// covers the millisecond resolution of the upstream's dates and a gateway clock that runs
     /// ahead of the upstream's. Default 1 ms.
     pub purge_margin_ms: u64,
+    /// Facts shared with the replicas using the same Redis; see `cache::shared`.
+    pub shared: super::shared::SharedFile,
 }
 
 impl Default for CacheFile {
@@ -46,6 +48,7 @@ impl Default for CacheFile {
             max_tokens: 100_000,
             user_mark_slots: 65_536,
             purge_margin_ms: 1,
+            shared: Default::default(),
         }
     }
 }
@@ -62,10 +65,17 @@ pub struct CacheConfig {
     pub max_tokens: u64,
     pub user_mark_slots: usize,
     pub purge_margin: Duration,
+    /// `Some` when sharing is on.
+    pub shared: Option<super::shared::SharedConfig>,
 }
 
 impl CacheFile {
     pub fn resolve(&self) -> Result<CacheConfig, ConfigError> {
+        self.resolve_with(None)
+    }
+
+    /// `redis_url`: the rate limiter's, which sharing uses when it names none of its own.
+    pub fn resolve_with(&self, redis_url: Option<&Secret>) -> Result<CacheConfig, ConfigError> {
         let max_entries = positive("cache.max_entries", self.max_entries)?;
         let max_bytes = positive("cache.max_bytes", self.max_bytes)?;
         if max_bytes < max_entries {
@@ -99,6 +109,7 @@ impl CacheFile {
             max_tokens: positive("cache.max_tokens", self.max_tokens)?,
             user_mark_slots: slots,
             purge_margin: Duration::from_millis(self.purge_margin_ms),
+            shared: self.shared.resolve(redis_url)?,
         })
     }
 }

@@ -32,6 +32,15 @@ impl TokenHash {
         Self(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// The hash itself, for sharing it with other replicas (see `cache::shared`).
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// The partition of answers fetched with this token when its network is unknown.
     pub fn private_partition(&self) -> Partition {
         let mut p = [0u8; 16];
@@ -61,6 +70,14 @@ impl Partition {
         let mut p = [0u8; 16];
         p.copy_from_slice(&d[..16]);
         Partition(p)
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
     }
 }
 
@@ -201,6 +218,17 @@ impl TokenRegistry {
             }
         }
         Some(rec.partition)
+    }
+
+    /// The token a session last issued for `device`, if remembered.
+    pub fn token_of(&self, device: &DeviceHash) -> Option<TokenHash> {
+        self.devices.get(device).map(|d| d.token)
+    }
+
+    /// Forgets every token and device.
+    pub fn clear(&self) {
+        self.tokens.invalidate_all();
+        self.devices.invalidate_all();
     }
 
     /// Tokens remembered (approximate until pending maintenance has run).

@@ -12,6 +12,9 @@
 //! | `gateway_cache_requests_total` | counter | `cache`: user, user_list, file; `result`: hit, miss, bypass |
 //! | `gateway_cache_entries` | gauge | `cache` |
 //! | `gateway_cache_purges_total` | counter | |
+//! | `gateway_cache_shared_synced` | gauge | 1 while `[cache.shared]` is caught up with the other replicas' facts; 0 while on local truth (or sharing is off) |
+//! | `gateway_cache_shared_facts_total` | counter | `direction`: published, applied |
+//! | `gateway_cache_shared_resets_total` | counter | |
 //! | `gateway_inflight_requests` | gauge | |
 //! | `gateway_draining` | gauge | 1 once shutdown has begun |
 //! | `gateway_build_info` | gauge (always 1) | `version` |
@@ -79,6 +82,9 @@ pub struct Metrics {
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
     cache_purges: IntCounter,
+    cache_shared_synced: IntGauge,
+    cache_shared_facts: [IntCounter; 2],
+    cache_shared_resets: IntCounter,
     inflight: IntGauge,
     draining: IntGauge,
 }
@@ -185,6 +191,19 @@ impl Metrics {
             "gateway_cache_purges_total",
             "Times a newer lastCachePurge dropped the cached entries.",
         )?)?;
+        let cache_shared_synced = reg.add(IntGauge::new(
+            "gateway_cache_shared_synced",
+            "1 while the cache is caught up with the other replicas' facts; 0 while it serves on this replica's own.",
+        )?)?;
+        let cache_shared_facts = reg.add(counter_vec(
+            "gateway_cache_shared_facts_total",
+            "Cache facts (purges, issued and forgotten tokens) published to and applied from the other replicas.",
+            &["direction"],
+        )?)?;
+        let cache_shared_resets = reg.add(IntCounter::new(
+            "gateway_cache_shared_resets_total",
+            "Times the cache dropped its tokens and answers because it could not tell which shared facts it missed.",
+        )?)?;
         let inflight = reg.add(IntGauge::new(
             "gateway_inflight_requests",
             "Requests being handled.",
@@ -219,6 +238,10 @@ impl Metrics {
         })?;
         let cache_entries = cache_entries.get_metric_with_label_values(&[LOOKUP_STORE])?;
         let cache_bytes = cache_bytes.get_metric_with_label_values(&[LOOKUP_STORE])?;
+        let cache_shared_facts = [
+            cache_shared_facts.get_metric_with_label_values(&["published"])?,
+            cache_shared_facts.get_metric_with_label_values(&["applied"])?,
+        ];
 
         Ok(Self {
             registry: reg.registry,
@@ -234,6 +257,9 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             cache_purges,
+            cache_shared_synced,
+            cache_shared_facts,
+            cache_shared_resets,
             inflight,
             draining,
         })
@@ -363,6 +389,12 @@ impl Metrics {
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         self.cache_bytes
             .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        let shared = stats.shared.unwrap_or_default();
+        self.cache_shared_synced.set(i64::from(shared.synced));
+        let [published, applied] = &self.cache_shared_facts;
+        advance(published, shared.published);
+        advance(applied, shared.applied);
+        advance(&self.cache_shared_resets, shared.resets);
     }
 }
 
