@@ -314,12 +314,14 @@ pub struct Env {
     pub tls_key_file: Option<String>,
     pub redis_url: Option<String>,
     pub rate_limit_backend: Option<String>,
+    pub cache_shared: Option<String>,
 }
 
 impl Env {
     /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM_URL`, `AMITY_API_KEY`,
     /// `GATEWAY_API_KEY_FILE`, `GATEWAY_TLS_CERT_FILE`, `GATEWAY_TLS_KEY_FILE`,
-    /// `GATEWAY_REDIS_URL`, `GATEWAY_RATE_LIMIT_BACKEND`; empty values count as unset.
+    /// `GATEWAY_REDIS_URL`, `GATEWAY_RATE_LIMIT_BACKEND`, `GATEWAY_CACHE_SHARED`; empty values
+    /// count as unset.
     pub fn from_process() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Self {
@@ -332,6 +334,7 @@ impl Env {
             tls_key_file: var("GATEWAY_TLS_KEY_FILE"),
             redis_url: var("GATEWAY_REDIS_URL"),
             rate_limit_backend: var("GATEWAY_RATE_LIMIT_BACKEND"),
+            cache_shared: var("GATEWAY_CACHE_SHARED"),
         }
     }
 }
@@ -392,6 +395,18 @@ impl FileConfig {
                     return Err(invalid(
                         "GATEWAY_RATE_LIMIT_BACKEND",
                         format!("{other:?}: must be local or redis"),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = &env.cache_shared {
+            self.cache.shared.enabled = match v.as_str() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(invalid(
+                        "GATEWAY_CACHE_SHARED",
+                        format!("{other:?}: must be true or false"),
                     ))
                 }
             };
@@ -610,6 +625,33 @@ mod tests {
         };
         let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
         assert!(err.contains("GATEWAY_RATE_LIMIT_BACKEND"), "{err}");
+    }
+
+    #[test]
+    fn cache_sharing_from_env_uses_the_limiters_redis() {
+        let env = Env {
+            cache_shared: Some("true".into()),
+            redis_url: Some("redis+sentinel://:pw@s1,s2,s3/mymaster".into()),
+            ..env_key()
+        };
+        let c = FileConfig::default().resolve(&env).unwrap();
+        let shared = c.cache.shared.expect("sharing on");
+        assert!(matches!(
+            shared.target,
+            crate::redis_link::RedisTarget::Sentinel { .. }
+        ));
+        let env = Env {
+            cache_shared: Some("yes".into()),
+            ..env_key()
+        };
+        let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_CACHE_SHARED"), "{err}");
+        let env = Env {
+            cache_shared: Some("true".into()),
+            ..env_key()
+        };
+        let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
+        assert!(err.contains("cache.shared.url"), "{err}");
     }
 
     #[test]
