@@ -18,9 +18,9 @@
 //! start-up delays nothing, callers see [`RedisLink::conn`] return `None` and decide without it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
@@ -171,6 +171,10 @@ impl RedisTarget {
     }
 }
 
+/// How long calls behind Sentinel may all miss their budget before the primary is looked up
+/// again.
+const SILENT_PRIMARY: Duration = Duration::from_secs(1);
+
 /// Longest one connection attempt (a sentinel lookup included) may take.
 const CONNECT_BUDGET: Duration = Duration::from_secs(3);
 
@@ -251,6 +255,9 @@ pub struct RedisLink {
     conn: RwLock<Option<Conn>>,
     /// A connecting task is running (at most one).
     connecting: AtomicBool,
+    /// When a call last succeeded (ms since `born`), to tell a slow call from a lost primary.
+    last_ok_ms: AtomicU64,
+    born: Instant,
     me: Weak<RedisLink>,
 }
 
@@ -262,6 +269,8 @@ impl RedisLink {
             what,
             conn: RwLock::new(None),
             connecting: AtomicBool::new(false),
+            last_ok_ms: AtomicU64::new(0),
+            born: Instant::now(),
             me: me.clone(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -297,6 +306,29 @@ impl RedisLink {
         }
     }
 
+    /// Tells the link a call succeeded.
+    pub fn succeeded(&self) {
+        self.last_ok_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// Tells the link a call missed its time budget. Behind Sentinel, calls that have all
+    /// been missing it for [`SILENT_PRIMARY`] start a new lookup: a primary cut off by the
+    /// network answers nothing at all, so no error would ever say it moved.
+    pub fn timed_out(&self) {
+        let silent = self
+            .elapsed_ms()
+            .saturating_sub(self.last_ok_ms.load(Ordering::Relaxed));
+        if silent > SILENT_PRIMARY.as_millis() as u64
+            && matches!(self.target, RedisTarget::Sentinel { .. })
+        {
+            self.reconnect();
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Starts the one task that connects, retrying (100 ms doubling to 2 s) until Redis
     /// answers or the link is dropped.
     fn reconnect(&self) {
@@ -316,6 +348,7 @@ impl RedisLink {
                         if let Ok(mut slot) = link.conn.write() {
                             *slot = Some(conn);
                         }
+                        link.succeeded();
                         link.connecting.store(false, Ordering::Release);
                         tracing::info!(what = link.what, "redis connected");
                         return;

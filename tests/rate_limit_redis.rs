@@ -339,6 +339,39 @@ async fn a_cluster_shares_one_budget_answers_through_a_dead_primary_and_shares_a
     allow.shutdown().await;
 }
 
+/// Sends requests (fresh devices, 100 ms apart, bounded) through each gateway until Redis
+/// decides again; asserts every request was answered and each one before that fell back
+/// (local: admitted) and was counted.
+async fn follow_the_switch(gateways: &[&TestEnv]) {
+    for (n, g) in gateways.iter().enumerate() {
+        let s = stats(g);
+        let (decided, errors, fallbacks) = (
+            s.decisions(Verdict::Allowed),
+            s.backend_errors(),
+            s.decisions(Verdict::FallbackAllowed),
+        );
+        let mut sent = 0u64;
+        while s.decisions(Verdict::Allowed) == decided {
+            assert!(
+                sent < 300,
+                "gateway {n}: never decided with the promoted replica"
+            );
+            let res = register(g, &format!("switch-{n}-{sent}")).await;
+            assert_eq!(res.status, StatusCode::OK, "gateway {n} #{sent}");
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let failed = s.backend_errors() - errors;
+        assert!(failed >= 1, "gateway {n}: the switch went uncounted");
+        assert_eq!(
+            failed,
+            sent - 1,
+            "gateway {n}: every request but the last fell back"
+        );
+        assert_eq!(s.decisions(Verdict::FallbackAllowed) - fallbacks, failed);
+    }
+}
+
 #[tokio::test]
 async fn behind_sentinel_the_gateways_follow_a_promoted_replica_and_count_the_fallbacks_between() {
     let mut set = RedisSentinels::start().await;
@@ -351,33 +384,7 @@ async fn behind_sentinel_the_gateways_follow_a_promoted_replica_and_count_the_fa
     // The primary crashes. Until Sentinel promotes the replica and a gateway finds it, its
     // decisions are fallbacks (here local: fresh devices are admitted), each counted.
     set.primary.stop();
-    for (g, label) in [(&a, "a"), (&b, "b")] {
-        let s = stats(g);
-        let (decided, errors, fallbacks) = (
-            s.decisions(Verdict::Allowed),
-            s.backend_errors(),
-            s.decisions(Verdict::FallbackAllowed),
-        );
-        let mut sent = 0u64;
-        while s.decisions(Verdict::Allowed) == decided {
-            assert!(
-                sent < 300,
-                "{label}: never decided with the promoted replica"
-            );
-            let res = register(g, &format!("switch-{label}-{sent}")).await;
-            assert_eq!(res.status, StatusCode::OK, "{label} #{sent}");
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let failed = s.backend_errors() - errors;
-        assert!(failed >= 1, "{label}: the switch went uncounted");
-        assert_eq!(
-            failed,
-            sent - 1,
-            "{label}: every request but the last fell back"
-        );
-        assert_eq!(s.decisions(Verdict::FallbackAllowed) - fallbacks, failed);
-    }
+    follow_the_switch(&[&a, &b]).await;
     set.wait_primary(set.replica.port).await;
 
     // One budget again, kept by the promoted replica.
@@ -390,4 +397,17 @@ async fn behind_sentinel_the_gateways_follow_a_promoted_replica_and_count_the_fa
     assert_eq!(counters.values().sum::<u64>(), 10, "{counters:?}");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn behind_sentinel_a_primary_that_answers_nothing_is_left_behind_too() {
+    let set = RedisSentinels::start().await;
+    let a = gateway(&set.url(), OnBackendError::Local).await;
+    wait_for_redis(&a, "a").await;
+    // Frozen, not dead: its connections stay open, so no call fails, they only time out.
+    set.primary.freeze();
+    follow_the_switch(&[&a]).await;
+    set.wait_primary(set.replica.port).await;
+    one_budget(&[&a], "device-after-freeze").await;
+    a.shutdown().await;
 }

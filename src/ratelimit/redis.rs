@@ -141,11 +141,15 @@ impl RedisLimiter {
         };
         let reply: Vec<i64> = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
             .await
-            .map_err(|_| RemoteError::Timeout)?
+            .map_err(|_| {
+                self.link.timed_out();
+                RemoteError::Timeout
+            })?
             .map_err(|e| {
                 self.link.failed(&e);
                 RemoteError::Redis(e.kind())
             })?;
+        self.link.succeeded();
         decode(&reply, self.session, ip)
     }
 }

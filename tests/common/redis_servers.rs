@@ -87,6 +87,14 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing answers, as with a
+    /// host cut off by the network. Killed as usual on drop.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -STOP {pid}");
+    }
+
     /// One command's reply, on a fresh connection.
     pub async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
         let client = redis::Client::open(self.url())?;
