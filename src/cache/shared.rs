@@ -10,10 +10,16 @@
 //! * forgotten tokens: logouts and upstream 401/403.
 //!
 //! Facts go into one Redis stream (`<key_prefix>:{facts}`, capped at `max_facts` entries), in
-//! order, from every replica; each replica reads it with a blocking `XREAD` and applies the
-//! others' facts, typically within milliseconds and always within the 250 ms read slice plus
-//! the round trips. A stream rather than pub/sub because a replica that lost Redis reads on
-//! from the last entry it applied when it comes back, instead of missing what was said.
+//! order, from every replica; each replica reads it with a blocking `XREAD` (which returns as
+//! soon as an entry arrives) and applies the others' facts, in milliseconds on a healthy Redis.
+//! A stream rather than pub/sub because a replica that lost Redis reads on from the last entry
+//! it applied when it comes back, instead of missing what was said.
+//!
+//! Tokens learnt from others are kept apart from the replica's own (a second registry, bounded
+//! by the same `max_tokens`), so they can be distrusted as a whole while out of touch. A token
+//! this replica already knows itself is judged by its own record: one it proved by a lookup
+//! before hearing it was issued elsewhere stays in its private partition until that record
+//! expires (`proven_token_ttl_secs`).
 //!
 //! Trust while Redis is away: a replica keeps serving on what it knows itself (its own tokens,
 //! answers and watermark) and says so (`gateway_cache_shared_synced` 0); tokens it learnt from
