@@ -20,7 +20,7 @@ use std::hint::black_box;
 use amity_gateway::cache::key::Kind;
 use amity_gateway::cache::stats::CacheResult;
 use amity_gateway::cache::Decision;
-use amity_gateway::error::BoxError;
+use amity_gateway::error::{Body, BoxError};
 use amity_gateway::routes::Route;
 use amity_gateway::stack;
 use bytes::Bytes;
@@ -60,7 +60,7 @@ fn file_json() -> serde_json::Value {
 }
 
 /// Canned answers shaped like the simulator's.
-async fn upstream(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
+async fn upstream(req: Request<Body>) -> Result<Response<Body>, BoxError> {
     let body = if req.method() == Method::POST {
         json!({
             "accessToken": TOKEN, "refreshToken": "r", "issuedAt": "2024-01-01T00:00:00.000Z",
@@ -70,7 +70,7 @@ async fn upstream(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Bo
     } else {
         json!({"users": [user_json("alice")], "files": [file_json()]})
     };
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut res = Response::new(Body::from(body.to_string()));
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json; charset=utf-8"),
@@ -143,6 +143,7 @@ fn bench(c: &mut Criterion) {
                 Route::User,
                 black_box(&parts.uri),
                 black_box(&parts.headers),
+                false,
             );
             assert!(matches!(d, Decision::Hit(_)));
             black_box(d)

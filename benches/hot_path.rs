@@ -26,7 +26,6 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use futures_util::FutureExt;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
-use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 
 const DEVICES: usize = 100_000;
@@ -60,8 +59,8 @@ fn request(body: Bytes) -> Request<Bytes> {
     req
 }
 
-fn upstream(_req: Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Body>, BoxError>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(RESPONSE)));
+fn upstream(_req: Request<Body>) -> std::future::Ready<Result<Response<Body>, BoxError>> {
+    let mut res = Response::new(Body::from(Bytes::from_static(RESPONSE)));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res.headers_mut()

@@ -21,9 +21,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amity_gateway::error::BoxError;
+use amity_gateway::error::{Body, BoxError};
 use amity_gateway::layers::trace::{Finished, Observer, Outcome};
 use amity_gateway::metrics::Metrics;
+use amity_gateway::routes::RouteLabel;
 use amity_gateway::stack;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -38,7 +39,7 @@ const ANSWER: &[u8] = br#"{"accessToken":"a","refreshToken":"r","users":[],"file
 fn observe(o: &dyn Observer, route: &'static str, method: &Method, status: u16) {
     o.started();
     o.finished(&Finished {
-        route,
+        route: RouteLabel::intern(route).unwrap_or(RouteLabel::UNMATCHED),
         method,
         status,
         secs: black_box(0.012),
@@ -82,8 +83,8 @@ fn whole_stack(c: &mut Criterion) {
         .expect("runtime");
     let _ctx = rt.enter();
     // Like the real upstream client: the answer carries the exchange's duration.
-    let upstream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        let mut res = Response::new(Full::new(Bytes::from_static(ANSWER)));
+    let upstream = tower::service_fn(|_req: Request<Body>| async {
+        let mut res = Response::new(Body::from(Bytes::from_static(ANSWER)));
         Outcome::of(&mut res).upstream = Some(Duration::from_millis(10));
         Ok::<_, BoxError>(res)
     });

@@ -18,7 +18,6 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures_util::FutureExt;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, DATE};
 use http::{Request, Response};
-use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 
 /// Distinct devices the admitted cases cycle through: enough that their counters are spread
@@ -79,7 +78,7 @@ fn decisions(c: &mut Criterion) {
 /// The inner service: answers at once with a response shaped like the upstream's (a few
 /// headers already in the map), so the layer's cost is what it adds to such a response.
 fn ok(_req: Request<Bytes>) -> std::future::Ready<Result<Response<Body>, BoxError>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
+    let mut res = Response::new(Body::from(Bytes::from_static(b"{}")));
     let h = res.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CONTENT_LENGTH, HeaderValue::from_static("2"));
@@ -93,7 +92,7 @@ fn ok(_req: Request<Bytes>) -> std::future::Ready<Result<Response<Body>, BoxErro
 fn session_request(device: &str) -> Request<Bytes> {
     let mut req = Request::new(Bytes::from_static(br#"{"userId":"u","deviceId":"d"}"#));
     req.extensions_mut().insert(SessionFacts {
-        user_id: "u".into(),
+        user_id: Some("u".into()),
         device_id: device.into(),
     });
     req

@@ -11,7 +11,7 @@ use support::shared;
 use std::convert::Infallible;
 use std::hint::black_box;
 
-use amity_gateway::error::BoxError;
+use amity_gateway::error::{Body, BoxError};
 use amity_gateway::stack;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -35,8 +35,8 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let upstream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(RESPONSE))))
+    let upstream = tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, BoxError>(Response::new(Body::from(Bytes::from_static(RESPONSE))))
     });
     let svc = stack::build::<Full<Bytes>, _>(&shared(), upstream);
     let mut g = c.benchmark_group("stack");
@@ -45,8 +45,7 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let svc = svc.clone();
             async move {
-                let res: Result<Response<Full<Bytes>>, Infallible> =
-                    svc.oneshot(request(BODY)).await;
+                let res: Result<Response<Body>, Infallible> = svc.oneshot(request(BODY)).await;
                 black_box(res)
             }
         })

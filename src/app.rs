@@ -1,20 +1,27 @@
 //! Wires a validated [`Config`] into running listeners: the client listener with the full
 //! stack, and the admin listener. Used by `serve`, `demo` and the end-to-end tests alike.
+//! `serve` also follows its config file (see [`crate::live`]).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::error::BoxError;
+use crate::live::{Live, Reloader, Triggers};
 use crate::server::{self, Acceptor, Bound, Health, MetricsRender};
 use crate::stack::{self, Shared};
 use crate::upstream::Upstream;
 
 /// A gateway whose sockets are bound but which does not serve yet.
 pub struct Gateway {
-    shared: Shared,
+    /// The parts in use; a reload replaces them (see [`crate::live`]).
+    shared: Arc<ArcSwap<Shared>>,
+    /// The config file to follow, and SIGHUP, caught from [`Gateway::follow_config`] on.
+    follow: Option<(PathBuf, Triggers)>,
     listener: TcpListener,
     acceptor: Acceptor,
     admin: TcpListener,
@@ -38,15 +45,23 @@ impl Gateway {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
-        let shared = Shared::new(config)?;
+        let first = Shared::new(config)?;
+        first.metrics.config_in_use(&first.config.hash);
+        let shared = Arc::new(ArcSwap::from_pointee(first));
         let health = Arc::new(Health::default());
-        let metrics = Some(shared.metrics.render(
+        let current = shared.clone();
+        let streams = shared.load().streams.clone();
+        let metrics = Some(shared.load().metrics.render(
             health.clone(),
-            shared.cache.clone(),
-            shared.rate_limit.as_ref().map(|l| l.stats()),
+            move || {
+                let s = current.load();
+                (s.cache.clone(), s.rate_limit.as_ref().map(|l| l.stats()))
+            },
+            streams,
         ));
         Ok(Self {
             shared,
+            follow: None,
             listener,
             acceptor,
             admin,
@@ -63,14 +78,21 @@ impl Gateway {
         }
     }
 
+    /// Reloads the config from `path` on SIGHUP and when the file changes on disk, once
+    /// running. SIGHUP is caught from now on.
+    pub fn follow_config(&mut self, path: PathBuf) -> Result<(), String> {
+        self.follow = Some((path, Triggers::install()?));
+        Ok(())
+    }
+
     /// The rate limiter's counters (fallbacks included), if rate limiting is enabled.
     pub fn rate_limit_stats(&self) -> Option<Arc<crate::ratelimit::RateLimitStats>> {
-        self.shared.rate_limit.as_ref().map(|l| l.stats())
+        self.shared.load().rate_limit.as_ref().map(|l| l.stats())
     }
 
     /// The lookup cache, for its stats.
     pub fn cache(&self) -> Arc<crate::cache::LookupCache> {
-        self.shared.cache.clone()
+        self.shared.load().cache.clone()
     }
 
     pub fn health(&self) -> Arc<Health> {
@@ -81,14 +103,35 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let Gateway {
             shared,
+            follow,
             listener,
             acceptor,
             admin,
             health,
             metrics,
         } = self;
-        let cfg = shared.config.clone();
-        let service = stack::build(&shared, Upstream::new(&cfg.upstream));
+        let first = shared.load_full();
+        let cfg = first.config.clone();
+        // The whole client-facing service for a set of parts. The upstream client (its
+        // connection pool) is kept across reloads that leave `[upstream]` as it is.
+        let mut upstream = (cfg.upstream.clone(), Upstream::new(&cfg.upstream));
+        let mut build = move |s: &Shared| {
+            if s.config.upstream != upstream.0 {
+                upstream = (s.config.upstream.clone(), Upstream::new(&s.config.upstream));
+            }
+            stack::build(s, upstream.1.clone())
+        };
+        let (service, follower) = match follow {
+            Some((path, triggers)) => {
+                let reloader = Reloader::new(path, shared, Box::new(build));
+                let live = reloader.live();
+                (live, Some(tokio::spawn(triggers.follow(reloader))))
+            }
+            None => (
+                Live::new(Arc::new(ArcSwap::from_pointee(build(&first)))),
+                None,
+            ),
+        };
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(server::serve_admin(admin, health.clone(), metrics, async {
             let _ = admin_stopped.await;
@@ -103,11 +146,14 @@ impl Gateway {
             listener,
             acceptor,
             service,
-            cfg.header_read_timeout,
+            cfg.connections.clone(),
+            first.metrics.refusals(),
             shutdown,
-            cfg.drain_timeout,
         )
         .await;
+        if let Some(f) = follower {
+            f.abort();
+        }
         let _ = admin_stop.send(());
         let _ = admin_task.await;
         tracing::info!("stopped");

@@ -10,36 +10,10 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
-/// Errors while loading configuration; the message names the offending key or value.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
+pub mod shared;
 
-/// The error for a bad value of `key`; every config section reports through it.
-pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
-
-/// `v` if it is greater than 0, else an error naming `key`.
-pub(crate) fn positive(key: &'static str, v: u64) -> Result<u64, ConfigError> {
-    if v == 0 {
-        Err(invalid(key, "must be greater than 0"))
-    } else {
-        Ok(v)
-    }
-}
+use shared::{invalid, positive};
+pub use shared::{ConfigError, Secret};
 
 // ------------------------------------------------------------------ file structs
 
@@ -57,6 +31,9 @@ pub struct FileConfig {
     pub cache: crate::cache::settings::CacheFile,
     pub tls: TlsFile,
     pub rate_limit: crate::ratelimit::RateLimitFile,
+    pub cors: crate::layers::cors::CorsFile,
+    /// The route table (`[[routes]]`); the default is the shipped table.
+    pub routes: crate::routes::table::RoutesFile,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -80,6 +57,39 @@ pub struct ServerFile {
     /// Runtime threads: 0 (default) `TOKIO_WORKER_THREADS` if set, else one per CPU the process
     /// may use; N that many. When it comes out as 1, one current-thread runtime does everything.
     pub worker_threads: usize,
+    /// A body must arrive at this average rate (bytes per second) once `body_rate_grace_ms` has
+    /// passed; a slower one is cut with 408. Default 1024.
+    pub min_body_rate_bytes_per_sec: u64,
+    /// Time a body may take before `min_body_rate_bytes_per_sec` applies. Default 2000 ms.
+    pub body_rate_grace_ms: u64,
+    /// Longest request target (path and query) answered; longer gets 414. Default 8192.
+    pub max_uri_bytes: usize,
+    /// Largest request head (every header name and value, plus 4 bytes per line); larger gets
+    /// 431. Default 32768.
+    pub max_header_bytes: usize,
+    /// Open client connections at most; further accepts are closed at once. Default 10000.
+    pub max_connections: usize,
+    /// Open client connections from one IP address at most. Default 1024.
+    pub max_connections_per_ip: usize,
+    /// Requests in progress on one HTTP/2 connection at most; further streams get 503.
+    /// Default 128.
+    pub max_streams_per_connection: usize,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to HTTP/2 clients: streams past it are
+    /// reset by the protocol itself, uncounted. Default 256.
+    pub http2_max_concurrent_streams: u32,
+    /// Time a new connection gets to send enough bytes to tell HTTP/1 from HTTP/2 (after the
+    /// TLS handshake, when TLS is on). Default 5000 ms.
+    pub first_bytes_timeout_ms: u64,
+    /// Interval of HTTP/2 keep-alive pings. Default 20000 ms.
+    pub http2_keep_alive_interval_ms: u64,
+    /// Time an HTTP/2 ping has to be answered before the connection is closed. Default 10000 ms.
+    pub http2_keep_alive_timeout_ms: u64,
+    /// An HTTP/2 connection with no request in progress for this long is closed (GOAWAY).
+    /// Default 60000 ms. (An idle HTTP/1 connection is closed by `header_read_timeout_ms`.)
+    pub http2_idle_timeout_ms: u64,
+    /// During the drain, an idle HTTP/1 keep-alive connection is closed after this grace (a
+    /// request it sends before then is answered, with `Connection: close`). Default 1000 ms.
+    pub drain_idle_grace_ms: u64,
 }
 
 impl Default for ServerFile {
@@ -93,6 +103,19 @@ impl Default for ServerFile {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             worker_threads: 0,
+            min_body_rate_bytes_per_sec: 1024,
+            body_rate_grace_ms: 2_000,
+            max_uri_bytes: 8192,
+            max_header_bytes: 32 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 1024,
+            max_streams_per_connection: 128,
+            http2_max_concurrent_streams: 256,
+            first_bytes_timeout_ms: 5_000,
+            http2_keep_alive_interval_ms: 20_000,
+            http2_keep_alive_timeout_ms: 10_000,
+            http2_idle_timeout_ms: 60_000,
+            drain_idle_grace_ms: 1_000,
         }
     }
 }
@@ -113,7 +136,11 @@ pub struct UpstreamFile {
     /// Speak HTTP/2 to the upstream (ALPN for https, prior knowledge for http). Default false.
     pub http2: bool,
     /// Largest upstream response body accepted; larger ones are a 502. Default 4 MiB.
+    /// Pass routes stream and are not limited by it.
     pub max_response_bytes: usize,
+    /// Pass routes: a body or websocket that moves no byte for this long is closed; a route's
+    /// own `idle_timeout_ms` wins. Default 60000 ms.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for UpstreamFile {
@@ -126,6 +153,7 @@ impl Default for UpstreamFile {
             pool_max_idle_per_host: 256,
             http2: false,
             max_response_bytes: 4 << 20,
+            idle_timeout_ms: 60_000,
         }
     }
 }
@@ -140,23 +168,6 @@ pub struct ApiKeyFile {
     pub file: Option<PathBuf>,
     /// What to do with an `x-api-key` sent by a client: `strip` (default) or `reject` (400).
     pub client_key: ClientKeyPolicy,
-}
-
-/// A secret read from config: `Debug` and `Serialize` never show it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("****")
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -189,7 +200,7 @@ impl Default for LimitsFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogFile {
     /// `json` (default, for containers) or `pretty`.
@@ -241,6 +252,12 @@ impl Default for TlsFile {
 
 // ------------------------------------------------------------------ runtime config
 
+/// hyper's own limit on an HTTP/1 request target (65534 bytes); past it hyper answers 414 itself.
+pub const HYPER_MAX_URI: usize = u16::MAX as usize - 1;
+/// A request head the listener still reads whole (see `server`), so the gateway's own 431
+/// answers first: HTTP/1 heads are read up to 64 KiB, HTTP/2 header lists up to this too.
+pub const HYPER_MAX_HEAD: usize = 64 * 1024;
+
 /// Where the injected key comes from. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -267,6 +284,13 @@ pub struct Config {
     pub max_concurrency: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// Minimum body data rate (bytes per second) after `body_rate_grace`.
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    /// Connection lifecycle and caps, for the listener.
+    pub connections: Connections,
     /// 0: `TOKIO_WORKER_THREADS`, else one per usable CPU; N: N. One means a current-thread runtime.
     pub worker_threads: usize,
     pub upstream: Upstream,
@@ -280,16 +304,65 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `None` when rate limiting is disabled.
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    /// `None` when CORS is off.
+    pub cors: Option<crate::layers::cors::Cors>,
+    pub routes: crate::routes::RouteTable,
+    /// Names this configuration: the start of the SHA-256 of the effective file as
+    /// `check-config` prints it (secrets masked), shown in `gateway_config_info`.
+    pub hash: String,
 }
 
-#[derive(Debug, Clone)]
+/// How the client listener treats connections (see `server`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connections {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub max_streams_per_connection: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub header_read_timeout: Duration,
+    pub first_bytes_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+    pub http2_idle_timeout: Duration,
+    pub drain_idle_grace: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Connections {
+    /// Limits for a small internal listener (the admin endpoints): the defaults of the file.
+    pub fn internal() -> Self {
+        ServerFile::default().connections()
+    }
+}
+
+impl ServerFile {
+    /// The connection part of `[server]`; unchecked (see [`FileConfig::validate`]).
+    fn connections(&self) -> Connections {
+        let ms = Duration::from_millis;
+        Connections {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+            max_streams_per_connection: self.max_streams_per_connection,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            first_bytes_timeout: ms(self.first_bytes_timeout_ms),
+            http2_keep_alive_interval: ms(self.http2_keep_alive_interval_ms),
+            http2_keep_alive_timeout: ms(self.http2_keep_alive_timeout_ms),
+            http2_idle_timeout: ms(self.http2_idle_timeout_ms),
+            drain_idle_grace: ms(self.drain_idle_grace_ms),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub handshake_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// `scheme://authority` of the upstream, without a trailing slash.
     pub base: Uri,
@@ -340,11 +413,30 @@ impl Env {
 }
 
 impl FileConfig {
+    /// Parses the file. The error gives the line, column and reason, but not the text of the
+    /// line: it is logged when a reload fails, and the line may hold a secret.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{}{}", at.unwrap_or_default(), mask_quoted(e.message())),
+            }
         })
+    }
+
+    /// Reads `path`, applies the environment overrides and validates: the file as in effect,
+    /// and its typed form. Start-up, `check-config` and every reload go through here.
+    pub fn load_effective(path: &Path, env: &Env) -> Result<(Self, Config), ConfigError> {
+        let mut file = Self::load(path)?;
+        file.apply_env(env)?;
+        let config = file.validate()?;
+        Ok((file, config))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -424,7 +516,7 @@ impl FileConfig {
         };
         let api_key = match (&self.api_key.value, &self.api_key.file) {
             (Some(Secret(v)), _) if !v.trim().is_empty() => {
-                crate::layers::api_key::header_value(v.trim()).map_err(|m| invalid("api_key.value", m))?;
+                shared::key_header(v.trim()).map_err(|m| invalid("api_key.value", m))?;
                 KeySource::Value(v.trim().to_owned())
             }
             (_, Some(p)) => KeySource::File(p.clone()),
@@ -455,7 +547,58 @@ impl FileConfig {
                 ),
             ));
         }
+        for (key, v) in [
+            (
+                "server.min_body_rate_bytes_per_sec",
+                s.min_body_rate_bytes_per_sec,
+            ),
+            ("server.max_uri_bytes", s.max_uri_bytes as u64),
+            ("server.max_header_bytes", s.max_header_bytes as u64),
+            ("server.max_connections", s.max_connections as u64),
+            (
+                "server.max_connections_per_ip",
+                s.max_connections_per_ip as u64,
+            ),
+            (
+                "server.max_streams_per_connection",
+                s.max_streams_per_connection as u64,
+            ),
+            (
+                "server.http2_max_concurrent_streams",
+                u64::from(s.http2_max_concurrent_streams),
+            ),
+            ("server.first_bytes_timeout_ms", s.first_bytes_timeout_ms),
+            (
+                "server.http2_keep_alive_interval_ms",
+                s.http2_keep_alive_interval_ms,
+            ),
+            (
+                "server.http2_keep_alive_timeout_ms",
+                s.http2_keep_alive_timeout_ms,
+            ),
+            ("server.http2_idle_timeout_ms", s.http2_idle_timeout_ms),
+        ] {
+            positive(key, v)?;
+        }
+        // Past these hyper answers by itself (414/431 with an empty body, uncounted).
+        if s.max_uri_bytes > HYPER_MAX_URI {
+            return Err(invalid(
+                "server.max_uri_bytes",
+                format!("must be at most {HYPER_MAX_URI}"),
+            ));
+        }
+        if s.max_header_bytes > HYPER_MAX_HEAD {
+            return Err(invalid(
+                "server.max_header_bytes",
+                format!("must be at most {HYPER_MAX_HEAD}"),
+            ));
+        }
         Ok(Config {
+            min_body_rate: s.min_body_rate_bytes_per_sec,
+            body_rate_grace: Duration::from_millis(s.body_rate_grace_ms),
+            max_uri_bytes: s.max_uri_bytes,
+            max_header_bytes: s.max_header_bytes,
+            connections: s.connections(),
             listen: addr("server.listen", &s.listen)?,
             admin_listen: addr("server.admin_listen", &s.admin_listen)?,
             drain_timeout: Duration::from_secs(s.drain_timeout_secs),
@@ -502,7 +645,22 @@ impl FileConfig {
                 self.tls.handshake_timeout_ms,
             )?))?,
             rate_limit: self.rate_limit.resolve()?,
+            cors: self.cors.resolve()?,
+            routes: crate::routes::RouteTable::compile(
+                &self.routes.0,
+                Duration::from_millis(positive("upstream.idle_timeout_ms", u.idle_timeout_ms)?),
+            )?,
+            hash: self.hash(),
         })
+    }
+
+    /// The start (12 hex digits) of the SHA-256 of [`FileConfig::to_masked_toml`]: what
+    /// `amity-gateway check-config | sha256sum` prints, so an operator can tell which file a
+    /// replica runs. Secrets are masked before hashing; a changed key alone keeps the hash.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.to_masked_toml().as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The effective config as TOML, secrets masked (for `check-config`).
@@ -530,6 +688,18 @@ impl TlsFile {
                 "tls.key_file is set but no certificate file (GATEWAY_TLS_CERT_FILE)",
             )),
         }
+    }
+}
+
+/// Serde's messages quote a string of the wrong type (`invalid type: string "…"`); that string
+/// may be a secret written in the wrong place, so it is left out.
+fn mask_quoted(message: &str) -> String {
+    match message.split_once("string \"") {
+        Some((head, rest)) => match rest.split_once('"') {
+            Some((_, tail)) => format!("{head}string \"****\"{tail}"),
+            None => format!("{head}string \"****\""),
+        },
+        None => message.to_owned(),
     }
 }
 
@@ -578,6 +748,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_give_the_line_but_not_its_text() {
+        let text = "[server]\nrequest_timeout_ms = 5\n[api_key]\nvalue = 7\nfile = \"/k\"\n[rate_limit]\nrequests = \"sk-secret-1\"\n";
+        let err = FileConfig::from_toml(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        let err = FileConfig::from_toml(
+            &text.replace("value = 7", "value = \"v\""),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 7"), "{err}");
+        assert!(!err.contains("sk-secret-1"), "{err}");
+    }
+
+    #[test]
+    fn the_hash_follows_the_effective_file_but_not_the_secrets() {
+        let a = FileConfig::default().resolve(&env_key()).unwrap();
+        let b = FileConfig::default()
+            .resolve(&Env {
+                api_key: Some("other".into()),
+                ..Env::default()
+            })
+            .unwrap();
+        assert_eq!(a.hash.len(), 12);
+        assert_eq!(a.hash, b.hash, "the key is masked before hashing");
+        let mut f = FileConfig::default();
+        f.rate_limit.requests = 3;
+        assert_ne!(f.resolve(&env_key()).unwrap().hash, a.hash);
     }
 
     #[test]
@@ -709,6 +912,71 @@ mod tests {
     }
 
     #[test]
+    fn shipped_file_is_the_default_table_and_cors_is_off() {
+        let text = include_str!("../config/gateway.toml");
+        let f = FileConfig::from_toml(text, Path::new("gateway.toml")).unwrap();
+        assert_eq!(f.routes, crate::routes::table::RoutesFile::default());
+        assert_eq!(f.routes.0, crate::routes::table::default_routes());
+        let c = f.clone().resolve(&env_key()).unwrap();
+        assert!(c.cors.is_none());
+        assert_eq!(c.routes.entries().len(), 12);
+        // The masked rendering reads back as the same table.
+        let again =
+            FileConfig::from_toml(&FileConfig::default().to_masked_toml(), Path::new("x")).unwrap();
+        assert_eq!(again.routes, f.routes);
+    }
+
+    #[test]
+    fn a_bad_route_is_named_by_the_loader() {
+        let text = "[[routes]]\nname = \"ok\"\nprefix = \"/api/\"\npolicy = \"pass\"\n\n[[routes]]\nname = \"broken\"\npath = \"/x\"\npolicy = \"session\"\n";
+        let err = FileConfig::from_toml(text, Path::new("x.toml"))
+            .unwrap()
+            .resolve(&env_key())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broken") && err.contains("schema"), "{err}");
+        let err = FileConfig::from_toml(
+            "[[routes]]\nname = \"x\"\nprefix = \"/a/\"\npolicy = \"open\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("open"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_states_the_server_defaults() {
+        let f = FileConfig::from_toml(
+            include_str!("../config/gateway.toml"),
+            Path::new("gateway.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            toml::to_string(&f.server).unwrap(),
+            toml::to_string(&ServerFile::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn connection_limits_must_be_positive_and_inside_hypers() {
+        let mut f = FileConfig::default();
+        f.server.max_streams_per_connection = 0;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_streams_per_connection"), "{err}");
+        let mut f = FileConfig::default();
+        f.server.max_uri_bytes = 70_000;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_uri_bytes"), "{err}");
+        let mut f = FileConfig::default();
+        f.server.max_header_bytes = 1 << 20;
+        let err = f.resolve(&env_key()).unwrap_err().to_string();
+        assert!(err.contains("server.max_header_bytes"), "{err}");
+        let c = FileConfig::default().resolve(&env_key()).unwrap();
+        assert_eq!(c.connections.first_bytes_timeout, Duration::from_secs(5));
+        assert_eq!(c.connections.max_streams_per_connection, 128);
+    }
+
+    #[test]
     fn debug_and_masked_never_show_the_key() {
         let mut f = FileConfig::default();
         f.api_key.value = Some(Secret("very-secret".into()));
@@ -716,5 +984,27 @@ mod tests {
         assert!(!f.to_masked_toml().contains("very-secret"));
         let c = f.resolve(&Env::default()).unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn env_redis_url_wins_and_the_url_is_never_shown() {
+        let mut f = FileConfig::default();
+        f.rate_limit.backend = crate::ratelimit::BackendKind::Redis;
+        f.rate_limit.redis.url = Some(Secret("redis://:file-pass@10.0.0.1:6379".into()));
+        f.apply_env(&Env {
+            api_key: Some("k".into()),
+            redis_url: Some("redis://:env-pass@127.0.0.1:6380/2".into()),
+            ..Env::default()
+        })
+        .unwrap();
+        assert!(!f.to_masked_toml().contains("-pass@"));
+        let c = f.validate().unwrap().rate_limit.unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert!(
+            matches!(&r.target, crate::redis_link::RedisTarget::Single(u) if u == "redis://:env-pass@127.0.0.1:6380/2")
+        );
+        assert_eq!(r.timeout, Duration::from_millis(5));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pass"), "{shown}");
     }
 }

@@ -9,13 +9,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::Full;
 
-/// The response body type of every response the gateway sends to clients.
-pub type Body = Full<Bytes>;
+pub use crate::body::Body;
 
 /// Errors that cross layer boundaries as `Err`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -54,8 +51,14 @@ pub enum ApiError {
     RequestTimeout,
     /// 413: the body exceeds `limits.max_body_bytes`.
     PayloadTooLarge { limit: usize },
+    /// 414: the request target is longer than `server.max_uri_bytes`.
+    UriTooLong { limit: usize },
+    /// 431: the request head is larger than `server.max_header_bytes`.
+    HeadersTooLarge { limit: usize },
     /// 404: the route is not served by this gateway.
     NotFound,
+    /// 403: refused by policy (a browser origin that is not allowed on a key-carrying route).
+    Forbidden(Cow<'static, str>),
     /// 429: the per-device (or per-IP) budget is spent; `retry_after` in seconds.
     RateLimited { retry_after: u64 },
     /// 502: the upstream could not be reached or answered garbage.
@@ -103,7 +106,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -119,8 +125,11 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::UnsupportedMediaType(_)
             | ApiError::RequestTimeout
-            | ApiError::PayloadTooLarge { .. } => 400000,
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UriTooLong { .. }
+            | ApiError::HeadersTooLarge { .. } => 400000,
             ApiError::NotFound => 400400,
+            ApiError::Forbidden(_) => 400300,
             ApiError::RateLimited { .. } => 400311,
             ApiError::BadGateway(_)
             | ApiError::GatewayTimeout
@@ -136,8 +145,11 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::UnsupportedMediaType(_)
             | ApiError::RequestTimeout
-            | ApiError::PayloadTooLarge { .. } => "Bad Request.",
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UriTooLong { .. }
+            | ApiError::HeadersTooLarge { .. } => "Bad Request.",
             ApiError::NotFound => "Not Found.",
+            ApiError::Forbidden(_) => "Forbidden error.",
             ApiError::RateLimited { .. } => "RateLimit Exceed.",
             ApiError::BadGateway(_) => "Bad Gateway.",
             ApiError::GatewayTimeout => "Gateway Timeout.",
@@ -156,11 +168,19 @@ impl ApiError {
         };
         match self {
             ApiError::Invalid(v) => v.clone(),
-            ApiError::BadRequest(d) | ApiError::BadGateway(d) => one(d.clone()),
+            ApiError::BadRequest(d) | ApiError::BadGateway(d) | ApiError::Forbidden(d) => {
+                one(d.clone())
+            }
             ApiError::UnsupportedMediaType(d) => one(d.clone()),
             ApiError::RequestTimeout => one("request body not received in time".into()),
             ApiError::PayloadTooLarge { limit } => {
                 one(format!("body must be at most {limit} bytes").into())
+            }
+            ApiError::UriTooLong { limit } => {
+                one(format!("request target must be at most {limit} bytes").into())
+            }
+            ApiError::HeadersTooLarge { limit } => {
+                one(format!("request headers must be at most {limit} bytes").into())
             }
             ApiError::NotFound => one("route not served by this gateway".into()),
             ApiError::RateLimited { retry_after } => {
@@ -213,7 +233,7 @@ impl ApiError {
             }
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut res = Response::new(Full::new(Bytes::from(bytes)));
+        let mut res = Response::new(Body::from(bytes));
         *res.status_mut() = status;
         let ct = match format {
             ErrorFormat::Envelope => JSON.clone(),

@@ -6,10 +6,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod app;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod ratelimit;

@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         sim_listen: SocketAddr,
     },
-    /// Validate the config and print it, secrets masked.
+    /// Validate the config and print it, secrets masked, with the effective route table.
     CheckConfig {
         #[arg(long, default_value = "config/gateway.toml")]
         config: PathBuf,
@@ -63,21 +63,17 @@ enum Command {
 
 /// The file with environment overrides applied (what is in effect), and its validated form.
 fn load(path: &std::path::Path) -> Result<(FileConfig, Config), String> {
-    let mut file = FileConfig::load(path).map_err(|e| e.to_string())?;
-    file.apply_env(&Env::from_process())
-        .map_err(|e| e.to_string())?;
-    let config = file.validate().map_err(|e| e.to_string())?;
-    Ok((file, config))
+    FileConfig::load_effective(path, &Env::from_process()).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` reads its config first: the runtime's shape is part of it.
     let (command, worker_threads) = match cli.command {
-        Command::Serve { config } => match load(&config) {
+        Command::Serve { config: path } => match load(&path) {
             Ok((_, config)) => {
                 let threads = config.worker_threads;
-                (Run::Serve(Box::new(config)), threads)
+                (Run::Serve(Box::new(config), path), threads)
             }
             Err(e) => return fail(&e),
         },
@@ -89,7 +85,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            Run::Serve(config) => serve(*config).await,
+            Run::Serve(config, path) => serve(*config, path).await,
             Run::Other(command) => run(command).await,
         }
     });
@@ -104,13 +100,13 @@ fn main() -> ExitCode {
 
 /// A command with what it needs before the runtime starts.
 enum Run {
-    Serve(Box<Config>),
+    Serve(Box<Config>, PathBuf),
     Other(Command),
 }
 
 async fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Serve { config } => serve(load(&config)?.1).await,
+        Command::Serve { config } => serve(load(&config)?.1, config).await,
         Command::Sim {
             listen,
             api_key,
@@ -130,11 +126,15 @@ fn fail(e: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+/// Runs the gateway on `config`, read from `path`, which is followed from then on: SIGHUP or a
+/// change of the file on disk reloads it (see `amity_gateway::live`).
+async fn serve(config: Config, path: PathBuf) -> Result<(), String> {
     logging::init(config.log.format, &config.log.level);
-    let gateway = Gateway::bind(config).await.map_err(|e| e.to_string())?;
+    let hash = config.hash.clone();
+    let mut gateway = Gateway::bind(config).await.map_err(|e| e.to_string())?;
+    gateway.follow_config(path)?;
     let bound = gateway.bound();
-    tracing::info!(listen = %bound.addr, admin = %bound.admin_addr, "gateway listening");
+    tracing::info!(listen = %bound.addr, admin = %bound.admin_addr, config_hash = %hash, "gateway listening");
     gateway.run(shutdown_signal()).await;
     Ok(())
 }
@@ -204,8 +204,18 @@ Ctrl-C stops the demo."#
 }
 
 fn check_config(path: PathBuf) -> Result<(), String> {
-    let (file, _config) = load(&path)?;
+    let (file, config) = load(&path)?;
     print!("{}", file.to_masked_toml());
-    eprintln!("config OK: {}", path.display());
+    // The table as the matcher reads it: most specific first.
+    print!(
+        "\n{}",
+        config
+            .routes
+            .render()
+            .lines()
+            .map(|l| format!("# {l}\n"))
+            .collect::<String>()
+    );
+    eprintln!("config OK: {} (hash {})", path.display(), config.hash);
     Ok(())
 }

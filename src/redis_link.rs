@@ -45,6 +45,34 @@ pub enum RedisTarget {
     },
 }
 
+/// Compared on a configuration reload (a changed target is a new link).
+impl PartialEq for RedisTarget {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (RedisTarget::Single(a), RedisTarget::Single(b)) => a == b,
+            (RedisTarget::Cluster(a), RedisTarget::Cluster(b)) => a == b,
+            (
+                RedisTarget::Sentinel {
+                    sentinels,
+                    master,
+                    node,
+                },
+                RedisTarget::Sentinel {
+                    sentinels: s2,
+                    master: m2,
+                    node: n2,
+                },
+            ) => {
+                sentinels == s2
+                    && master == m2
+                    && (node.db, &node.username, &node.password, node.protocol)
+                        == (n2.db, &n2.username, &n2.password, n2.protocol)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

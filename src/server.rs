@@ -1,35 +1,64 @@
 //! Listeners, HTTP/1.1 + HTTP/2 on one port (plain, or TLS with ALPN), the admin endpoints and
 //! graceful shutdown.
 //!
-//! The accept loop only accepts: the TLS handshake runs in the connection's own task under a
-//! timeout, so a slow or silent client never delays the next accept.
+//! The accept loop only accepts: caps, the TLS handshake and protocol detection run in the
+//! connection's own task under timeouts, so a slow or silent client never delays the next
+//! accept. An accept that fails (out of file descriptors) is counted and backed off, up to a
+//! second, instead of spinning.
 //!
-//! Shutdown order: readiness turns false, the listeners close (new connections are refused),
-//! open connections are told to finish (HTTP/1 stops keep-alive, HTTP/2 sends GOAWAY), and the
-//! process waits up to the drain timeout for in-flight requests before it returns.
+//! A connection's life: admitted under the total and per-IP caps ([`caps`]); the protocol told
+//! from its first bytes within `first_bytes_timeout` ([`detect`]); then HTTP/1 (idle keep-alive
+//! and slow heads bounded by `header_read_timeout`, the raw heads read for the framing rules by
+//! [`sniff`]) or HTTP/2 (keep-alive pings, closed with GOAWAY after `http2_idle_timeout` without
+//! a request in progress, at most `max_streams_per_connection` requests in progress: more get
+//! 503 in the envelope, counted).
+//!
+//! The drain loses nothing: on shutdown readiness turns false, connections already waiting in
+//! the listener's backlog are taken, then the listener closes. Connections keep serving: every
+//! HTTP/1 answer carries `Connection: close` (the client knows not to send again), an HTTP/1
+//! connection idle at that moment is closed only after `drain_idle_grace` (a request it sends
+//! until then is answered), HTTP/2 connections get GOAWAY at once (their open streams finish).
+//! The process waits for the last connection, at most `drain_timeout`.
+//!
+//! What only hyper refuses, without the envelope and uncounted (the gateway's own limits in
+//! `layers::framing` sit well inside these): an HTTP/1 request target over 65534 bytes (414), an
+//! HTTP/1 head over 64 KiB or with more than 100 header lines (431), an HTTP/2 header list over
+//! 64 KiB, streams past `http2_max_concurrent_streams` (RST_STREAM), and requests that cannot be
+//! parsed at all (400, connection closed).
+
+mod caps;
+mod detect;
+mod sniff;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use futures_util::FutureExt;
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
-use crate::error::Body;
+use crate::config::{Connections, HYPER_MAX_HEAD};
+use crate::error::{ApiError, Body, ErrorFormat};
+use crate::layers::admission::{Refusal, Refusals};
 use crate::layers::forward::ClientAddr;
+use caps::ConnCaps;
+use detect::Protocol;
+use sniff::{FactsQueue, Sniff};
 
 /// Liveness and readiness, shared with the admin endpoints.
 #[derive(Debug, Default)]
@@ -49,18 +78,6 @@ impl Health {
 /// Renders `/metrics`; supplied by the metrics module.
 pub type MetricsRender = Arc<dyn Fn() -> (String, Vec<u8>) + Send + Sync>;
 
-fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    b
-}
-
 /// How an accepted TCP connection becomes the byte stream HTTP is spoken on.
 #[derive(Clone)]
 pub enum Acceptor {
@@ -73,14 +90,50 @@ pub enum Acceptor {
     },
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then drains for at most `drain`.
+/// What every connection task of one listener shares.
+struct Listener {
+    acceptor: Acceptor,
+    cfg: Connections,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    caps: Arc<ConnCaps>,
+    refusals: Arc<Refusals>,
+    /// Set once the drain starts: HTTP/1 answers then carry `Connection: close`.
+    draining: Arc<AtomicBool>,
+    drain: watch::Receiver<bool>,
+    /// Never sent on: each connection task holds a clone, so the drain knows the last
+    /// connection has ended when the receiver sees the channel close.
+    alive: mpsc::Sender<()>,
+}
+
+fn builders(cfg: &Connections) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_header_size(HYPER_MAX_HEAD)
+        .keep_alive(true);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+        .max_header_list_size(HYPER_MAX_HEAD as u32)
+        .keep_alive_interval(cfg.http2_keep_alive_interval)
+        .keep_alive_timeout(cfg.http2_keep_alive_timeout);
+    (h1, h2)
+}
+
+/// Next pause after a failed accept: 10 ms, doubling, at most a second.
+fn backoff(prev: Duration) -> Duration {
+    (prev * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then drains (see the module doc).
 pub async fn serve<S>(
     listener: TcpListener,
     acceptor: Acceptor,
     service: S,
-    header_read_timeout: Duration,
+    cfg: Connections,
+    refusals: Arc<Refusals>,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
 ) where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -88,65 +141,103 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = Arc::new(http_builder(header_read_timeout));
-    let graceful = GracefulShutdown::new();
+    let (h1, h2) = builders(&cfg);
+    let (drain_tx, drain) = watch::channel(false);
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let drain_timeout = cfg.drain_timeout;
+    let shared = Arc::new(Listener {
+        acceptor,
+        caps: ConnCaps::new(cfg.max_connections, cfg.max_per_ip),
+        cfg,
+        h1,
+        h2,
+        refusals,
+        draining: Arc::new(AtomicBool::new(false)),
+        drain,
+        alive,
+    });
     tokio::pin!(shutdown);
+    let mut pause = Duration::ZERO;
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
-        let _ = stream.set_nodelay(true);
-        let client = ClientAddr::new(peer);
-        let svc = service
-            .clone()
-            .map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(client.clone());
-                req
-            });
-        // Taken here, not in the task: a shutdown that starts during the handshake still
-        // reaches the connection, and the drain waits for it.
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            match acceptor {
-                Acceptor::Plain => serve_connection(&builder, stream, svc, watcher).await,
-                Acceptor::Tls {
-                    acceptor,
-                    handshake_timeout,
-                } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(&builder, tls, svc, watcher).await,
-                    // Scanners and broken clients: not the gateway's fault, so not a warning.
-                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                },
+        match accepted {
+            Ok((stream, peer)) => {
+                pause = Duration::ZERO;
+                spawn_connection(&shared, service.clone(), stream, peer);
             }
-        });
+            // The client gave up before the accept: nothing to back off from.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                shared.refusals.accept_failed();
+                pause = backoff(pause);
+                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "accept failed; backing off");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    // Clients whose connection completed before the listener closes are answered, not reset.
+    shared.draining.store(true, Ordering::Release);
+    let _ = drain_tx.send(true);
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        spawn_connection(&shared, service.clone(), stream, peer);
     }
     drop(listener);
+    let open = shared.caps.open();
+    tracing::info!(open, "listener closed; draining connections");
+    drop(shared);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        _ = all_closed.recv() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
 }
 
-/// Speaks HTTP/1.1 or HTTP/2 (by the client's preface) on `io` until the connection ends.
-async fn serve_connection<I, S>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: S,
-    watcher: Watcher,
-) where
+fn spawn_connection<S>(shared: &Arc<Listener>, service: S, stream: TcpStream, peer: SocketAddr)
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let admitted = match shared.caps.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(why) => {
+            shared.refusals.refused(why);
+            tracing::debug!(%peer, reason = why.label(), "connection refused");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _admitted = admitted;
+        let _alive = shared.alive.clone();
+        match shared.acceptor.clone() {
+            Acceptor::Plain => serve_connection(&shared, service, stream, peer).await,
+            Acceptor::Tls {
+                acceptor,
+                handshake_timeout,
+            } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(&shared, service, tls, peer).await,
+                // Scanners and broken clients: not the gateway's fault, so not a warning.
+                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
+                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+            },
+        }
+    });
+}
+
+/// Speaks HTTP/1.1 or HTTP/2 (by the client's first bytes) on `io` until the connection ends.
+async fn serve_connection<I, S>(shared: &Listener, service: S, io: I, peer: SocketAddr)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -154,9 +245,181 @@ async fn serve_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let cfg = &shared.cfg;
+    let (protocol, io) = match detect::detect(io, cfg.first_bytes_timeout).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(%peer, reason = ?e, "connection closed before its protocol was known");
+            return;
+        }
+    };
+    let state = Arc::new(ConnState::default());
+    let mut svc = ConnService {
+        inner: service,
+        client: ClientAddr::new(peer),
+        state: state.clone(),
+        facts: None,
+        draining: shared.draining.clone(),
+        refusals: shared.refusals.clone(),
+        max_streams: cfg.max_streams_per_connection,
+    };
+    let mut drain = shared.drain.clone();
+    let result = match protocol {
+        Protocol::Http1 => {
+            let facts = Arc::new(FactsQueue::default());
+            svc.facts = Some(facts.clone());
+            let io = TokioIo::new(Sniff::new(io, facts));
+            let conn = shared
+                .h1
+                .serve_connection(io, TowerToHyperService::new(svc))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain_started(&mut drain) => {
+                    // Idle now or after its answer: closed after the grace, not at once, so a
+                    // request already on its way is answered.
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        () = tokio::time::sleep(cfg.drain_idle_grace) => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+            }
+        }
+        Protocol::Http2 => {
+            let conn = shared
+                .h2
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain_started(&mut drain) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = state.idle_for(cfg.http2_idle_timeout) => {
+                    tracing::debug!(%peer, "idle http2 connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// Resolves once the drain has begun (or the listener is gone).
+async fn drain_started(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+/// Requests in progress on one connection.
+#[derive(Debug, Default)]
+struct ConnState {
+    active: AtomicUsize,
+    changed: Notify,
+}
+
+/// One request in progress; leaves when dropped.
+struct InProgress(Arc<ConnState>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
+    }
+}
+
+impl ConnState {
+    fn enter(self: &Arc<Self>) -> InProgress {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        InProgress(self.clone())
+    }
+
+    fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no request has been in progress for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            if self.active() == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(idle) => {
+                        if self.active() == 0 {
+                            return;
+                        }
+                    }
+                    () = self.changed.notified() => {}
+                }
+            } else {
+                self.changed.notified().await;
+            }
+        }
+    }
+}
+
+/// The service of one connection: adds the client's address (and, on HTTP/1, the raw head's
+/// framing facts) to each request, caps requests in progress per HTTP/2 connection, and marks
+/// HTTP/1 answers `Connection: close` once the drain has begun.
+#[derive(Clone)]
+struct ConnService<S> {
+    inner: S,
+    client: ClientAddr,
+    state: Arc<ConnState>,
+    facts: Option<Arc<FactsQueue>>,
+    draining: Arc<AtomicBool>,
+    refusals: Arc<Refusals>,
+    max_streams: usize,
+}
+
+impl<S> Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.client.clone());
+        if let Some(f) = self.facts.as_ref().and_then(|q| q.pop()) {
+            req.extensions_mut().insert(f);
+        }
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 && self.state.active() >= self.max_streams {
+            self.refusals.refused(Refusal::Streams);
+            let res = ApiError::Overloaded { retry_after: 1 }
+                .to_response(ErrorFormat::from_headers(req.headers()));
+            return Box::pin(std::future::ready(Ok(res)));
+        }
+        let in_progress = self.state.enter();
+        let draining = self.draining.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            drop(in_progress);
+            // Not on 101: its `Connection: upgrade` hands the connection over instead.
+            if http1
+                && draining.load(Ordering::Acquire)
+                && res.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                res.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(res)
+        })
     }
 }
 
@@ -172,13 +435,17 @@ pub async fn serve_admin(
         let metrics = metrics.clone();
         async move { Ok::<_, Infallible>(admin(&req, &health, metrics.as_ref())) }
     });
+    let cfg = Connections {
+        drain_timeout: Duration::from_secs(1),
+        ..Connections::internal()
+    };
     serve(
         listener,
         Acceptor::Plain,
         svc,
-        Duration::from_secs(5),
+        cfg,
+        Arc::new(Refusals::default()),
         shutdown,
-        Duration::from_secs(1),
     )
     .await;
 }
@@ -189,7 +456,7 @@ fn admin(
     metrics: Option<&MetricsRender>,
 ) -> Response<Body> {
     let text = |status: StatusCode, body: &'static str| {
-        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let mut r = Response::new(Body::from(body));
         *r.status_mut() = status;
         r
     };
@@ -200,7 +467,7 @@ fn admin(
         "/metrics" => match metrics {
             Some(render) => {
                 let (content_type, body) = render();
-                let mut r = Response::new(Full::new(Bytes::from(body)));
+                let mut r = Response::new(Body::from(body));
                 if let Ok(ct) = http::HeaderValue::from_str(&content_type) {
                     r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
                 }

@@ -408,8 +408,8 @@ async fn answers_the_gateway_must_read_are_asked_for_uncompressed() {
     let gzip = [("accept-encoding", "gzip")];
     let r = get_with(&env, "/api/v3/sessions", &token, &gzip).await;
     assert_eq!(r.status, StatusCode::OK);
-    // The lookup keeps it: the upstream may compress, and the cache serves such bytes only to
-    // clients that accept them.
+    // A lookup that fills the cache is asked for uncompressed too: the gateway reads every
+    // answer it keeps (is it about the ids asked for?).
     get_with(&env, "/api/v3/users/alice", &token, &gzip).await;
     // Another gateway-issued token is served that answer: it was stored for the network, so
     // the session answer taught the gateway the first token.
@@ -427,7 +427,7 @@ async fn answers_the_gateway_must_read_are_asked_for_uncompressed() {
         vec![
             ("/api/v3/sessions".to_owned(), false),
             ("/api/v3/sessions".to_owned(), false),
-            ("/api/v3/users/alice".to_owned(), true),
+            ("/api/v3/users/alice".to_owned(), false),
             ("/api/v3/sessions".to_owned(), false),
         ]
     );
@@ -493,5 +493,259 @@ async fn cache_results_purges_and_size_are_exported_on_the_metrics_endpoint() {
         0.0,
         "the purge dropped the stored answer"
     );
+    env.shutdown().await;
+}
+
+/// The upstream retires a device's older token when it issues a newer one, in its own order.
+/// Two sessions for one device sent at once, 200 times over: whichever answer arrives first,
+/// no token the simulator refuses is ever served from the cache, the device's token from
+/// before the race included.
+#[tokio::test]
+async fn racing_sessions_of_one_device_never_leave_a_refused_token_served_from_the_cache() {
+    let env = TestEnv::start().await;
+    let reader = login(&env, "alice", "d-alice").await;
+    miss_then_hit(&env, "/api/v3/users/alice", &reader).await;
+    let (mut hits, mut checked) = (0, 0);
+    for trial in 0..200 {
+        let device = format!("race-{trial}");
+        let t0 = login(&env, "racer", &device).await;
+        let (a, b) = tokio::join!(login(&env, "racer", &device), login(&env, "racer", &device));
+        for token in [&t0, &a, &b] {
+            let r = get(&env, "/api/v3/users/alice", token).await;
+            checked += 1;
+            if x_cache(&r) == "HIT" {
+                hits += 1;
+                assert!(
+                    env.sim.token_valid(token),
+                    "trial {trial}: a HIT to a token the upstream refuses"
+                );
+            }
+        }
+    }
+    // Winners were served from the cache (those issued in the same millisecond as their rival
+    // are distrusted, being unorderable): the check above had something to refuse.
+    assert!(hits >= 20, "{hits} hits of {checked}");
+    env.shutdown().await;
+}
+
+/// An admin's `DELETE /api/v4/sessions?userId=U` revokes every token of U upstream; none of
+/// them is served from the cache afterwards, while other users' tokens still are. A plain
+/// logout forgets the caller's token the same way.
+#[tokio::test]
+async fn admin_revocation_and_logout_forget_every_named_token() {
+    let env = TestEnv::start().await;
+    let admin = login(&env, "admin", "d-admin").await;
+    env.sim.make_admin("admin");
+    let v1 = login(&env, "victim", "d-v1").await;
+    let v2 = login(&env, "victim", "d-v2").await;
+    let other = login(&env, "bystander", "d-b").await;
+    let leaving = login(&env, "leaver", "d-l").await;
+    miss_then_hit(&env, "/api/v3/users/bystander", &other).await;
+    for t in [&v1, &v2, &leaving] {
+        assert_eq!(
+            x_cache(&get(&env, "/api/v3/users/bystander", t).await),
+            "HIT"
+        );
+    }
+
+    let auth = format!("Bearer {admin}");
+    let r = request(
+        Method::DELETE,
+        &env.url("/api/v4/sessions?userId=victim&isPublic=true"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let auth = format!("Bearer {leaving}");
+    let r = request(
+        Method::DELETE,
+        &env.url("/api/v4/sessions"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    for t in [&v1, &v2, &leaving] {
+        assert!(!env.sim.token_valid(t));
+        for _ in 0..2 {
+            let r = get(&env, "/api/v3/users/bystander", t).await;
+            assert_ne!(x_cache(&r), "HIT");
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert_eq!(
+        x_cache(&get(&env, "/api/v3/users/bystander", &other).await),
+        "HIT"
+    );
+    env.shutdown().await;
+}
+
+/// A session whose client hangs up before the answer: the gateway still reads the answer to
+/// the end, so the device's older token is retired and the token that replaced it is learnt.
+#[tokio::test]
+async fn a_session_whose_client_went_away_still_retires_the_older_token() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::start().await;
+    let old = login(&env, "alice", "d-a").await;
+    miss_then_hit(&env, "/api/v3/users/alice", &old).await;
+    env.sim.clear_requests();
+
+    env.sim.set_latency(Duration::from_millis(300));
+    let body = json!({"userId": "alice", "deviceId": "d-a"}).to_string();
+    let head = format!(
+        "POST /api/v3/sessions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // Gone once the request has reached the simulator, before its delayed answer.
+    for _ in 0..200 {
+        if env.sim.requests().iter().any(|r| r.method == "POST") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(conn);
+    let mut new = None;
+    for _ in 0..200 {
+        new = env.sim.device_token("d-a").filter(|t| *t != old);
+        if new.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new = new.expect("the simulator issued the new token");
+    env.sim.set_latency(Duration::ZERO);
+    assert!(!env.sim.token_valid(&old));
+    let r = get(&env, "/api/v3/users/alice", &old).await;
+    assert_eq!((r.status, x_cache(&r)), (StatusCode::UNAUTHORIZED, "MISS"));
+    // The answer nobody received was read: the new token is known, served from the cache
+    // (the session dropped alice's entry, so one fill first).
+    let mut learnt = false;
+    for _ in 0..200 {
+        let r = get(&env, "/api/v3/users/alice", &new).await;
+        if x_cache(&r) == "HIT" {
+            learnt = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(learnt, "the new token was never learnt");
+    // The request that went away is on the books: counted as 499 (client closed).
+    let m = request(
+        Method::GET,
+        &format!("http://{}/metrics", env.gw.admin_addr),
+        &[],
+        "",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains(
+            r#"gateway_http_requests_total{method="POST",route="session_v3",status="499"} 1"#
+        ),
+        "{text}"
+    );
+    env.shutdown().await;
+}
+
+/// A lookup that fills the cache reaches the upstream with only the headers the key accounts
+/// for: headers that might change the answer are not forwarded.
+#[tokio::test]
+async fn cache_filling_lookups_carry_only_allowlisted_headers() {
+    let env = TestEnv::start().await;
+    let token = login(&env, "alice", "d-a").await;
+    let extra = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-original-url", "/api/v3/users/admin"),
+        ("accept-language", "fr-FR"),
+        ("x-http-method-override", "DELETE"),
+        ("forwarded", "host=evil.example"),
+        ("x-request-id", "req-1"),
+    ];
+    let r = get_with(&env, "/api/v3/users/alice", &token, &extra).await;
+    assert_eq!((r.status, x_cache(&r)), (StatusCode::OK, "MISS"));
+    let sent = env
+        .sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/api/v3/users/alice")
+        .expect("forwarded");
+    for (name, _) in &extra[..5] {
+        assert_eq!(sent.header(name), None, "{name} reached the upstream");
+    }
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert_eq!(sent.header("x-request-id"), Some("req-1"));
+    // A lookup that cannot fill the cache is forwarded as it came.
+    let r = get_with(&env, "/api/v3/users/alice?type=internal", &token, &extra).await;
+    assert_eq!(x_cache(&r), "BYPASS");
+    let sent = env.sim.requests().into_iter().last().unwrap();
+    assert_eq!(sent.header("accept-language"), Some("fr-FR"));
+    env.shutdown().await;
+}
+
+/// A file only one token may see (a private channel's): with the network scope it is kept for
+/// that token alone, and never served to another token of the network from the cache.
+#[tokio::test]
+async fn a_private_file_is_never_served_to_another_token_with_the_network_scope() {
+    let env = TestEnv::start().await;
+    let viewer = login(&env, "alice", "d-a").await;
+    let other = login(&env, "bob", "d-b").await;
+    let file = format!("/api/v3/files/{}", env.sim.add_private_file(&viewer));
+    let seen = miss_then_hit(&env, &file, &viewer).await;
+    assert_eq!(seen.json()["accessType"], "network");
+    for _ in 0..2 {
+        let r = get(&env, &file, &other).await;
+        assert_eq!((r.status, x_cache(&r)), (StatusCode::FORBIDDEN, "MISS"));
+    }
+    env.shutdown().await;
+}
+
+/// With `cache.scope = "token"` no answer is shared, even between tokens of one network.
+#[tokio::test]
+async fn the_token_scope_shares_nothing() {
+    let env =
+        TestEnv::start_with(|f| f.cache.scope = amity_gateway::cache::settings::Scope::Token).await;
+    let a = login(&env, "alice", "d-a").await;
+    let b = login(&env, "bob", "d-b").await;
+    miss_then_hit(&env, "/api/v3/users/alice", &a).await;
+    miss_then_hit(&env, "/api/v3/users/alice", &b).await;
+    env.shutdown().await;
+}
+
+/// A session request carries the injected key, so it reaches the upstream with nothing the
+/// gateway does not vouch for: no query string, no method override, and (no proxy trusted by
+/// default) none of the client's own forwarding headers; `x-forwarded-for` names the peer.
+#[tokio::test]
+async fn key_injected_requests_carry_no_query_override_or_client_forwarding_headers() {
+    let env = TestEnv::start().await;
+    let body = json!({"userId": "alice", "deviceId": "d-a"}).to_string();
+    let r = request(
+        Method::POST,
+        &env.url("/api/v3/sessions?isAdmin=true&debug=1"),
+        &[
+            ("content-type", "application/json"),
+            ("x-forwarded-for", "198.51.100.9"),
+            ("x-real-ip", "198.51.100.9"),
+            ("forwarded", "for=198.51.100.9"),
+            ("x-http-method-override", "DELETE"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let sent = env.sim.requests().pop().expect("forwarded");
+    assert_eq!(sent.path, "/api/v3/sessions");
+    assert!(sent.header("x-api-key").is_some());
+    for name in ["x-real-ip", "forwarded", "x-http-method-override"] {
+        assert_eq!(sent.header(name), None, "{name}");
+    }
+    assert_eq!(sent.header("x-forwarded-for"), Some("127.0.0.1"));
     env.shutdown().await;
 }

@@ -118,7 +118,7 @@ async fn access_lines_are_json_with_every_field_and_no_secret_or_body_is_logged(
     });
     let res = request(
         Method::GET,
-        &url(&format!("/api/v3/channels/{auth_token}")),
+        &url(&format!("/v3/channels/{auth_token}")),
         &[("x-request-id", "req-404")],
         "",
     )

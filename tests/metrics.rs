@@ -86,7 +86,7 @@ async fn known_traffic_is_counted_by_route_method_status_field_and_upstream_erro
         post_json(&url("/api/v3/sessions"), "{").await.status,
         StatusCode::BAD_REQUEST
     );
-    for p in ["/", "/api/v3/channels"] {
+    for p in ["/", "/v3/channels"] {
         assert_eq!(
             request(Method::GET, &url(p), &[], "").await.status,
             StatusCode::NOT_FOUND
@@ -310,7 +310,7 @@ async fn no_key_token_or_id_reaches_the_scrape() {
 }
 
 #[tokio::test]
-async fn in_flight_gauge_returns_to_zero_when_a_client_goes_away() {
+async fn a_client_that_goes_away_is_counted_as_499_and_leaves_the_in_flight_gauge() {
     let env = TestEnv::start().await;
     env.sim.set_latency(Duration::from_secs(3));
     let mut conn = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
@@ -338,10 +338,19 @@ async fn in_flight_gauge_returns_to_zero_when_a_client_goes_away() {
     .await;
     let s = scrape(env.gw.admin_addr).await;
     assert_eq!(
-        total(&s, REQUESTS),
-        0.0,
-        "an abandoned request has no status to count"
+        value(
+            &s,
+            REQUESTS,
+            &[
+                ("method", "POST"),
+                ("route", "session_v3"),
+                ("status", "499")
+            ]
+        ),
+        Some(1.0),
+        "an abandoned request is counted as 499 (client closed)"
     );
+    assert_eq!(total(&s, REQUESTS), 1.0);
     env.sim.set_latency(Duration::ZERO);
     env.shutdown().await;
 }

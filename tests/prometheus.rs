@@ -246,7 +246,7 @@ fn traffic() -> Vec<Block> {
             what: "routes not served",
             route: "unmatched",
             method: Method::GET,
-            request: |i| (format!("/api/v3/channels/{i}"), String::new()),
+            request: |i| (format!("/v3/channels/{i}"), String::new()),
             expect: &[(404, 4)],
             upstream_down: false,
         },

@@ -123,6 +123,11 @@ impl Lookup {
                 // parser treats commas, indices or repeats are cached: repeated `userIds=` or
                 // `userIds[]=` (plain or percent-encoded), each id once. Anything else is
                 // forwarded uncached, so a hit never answers a query the upstream reads otherwise.
+                // The cap is checked before any id is decoded: a long list costs one count.
+                let count = pairs(query).count();
+                if count == 0 || count > MAX_LIST_IDS {
+                    return None;
+                }
                 let unambiguous = pairs(query).all(|(k, v)| {
                     matches!(percent_decode(k, true).as_str(), "userIds" | "userIds[]")
                         && !percent_decode(v, true).contains(',')
@@ -130,8 +135,8 @@ impl Lookup {
                 if !unambiguous {
                     return None;
                 }
-                let ids = user_ids_from_query(query);
-                if ids.is_empty() || ids.len() > MAX_LIST_IDS || ids.len() != pairs(query).count() {
+                let ids = user_ids_from_query(query, MAX_LIST_IDS).ok()?;
+                if ids.len() != count {
                     return None;
                 }
                 ids
@@ -154,6 +159,21 @@ fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// The users whose every token an admin revocation names: `DELETE /api/v4/sessions?userId=U`
+/// (every `userId` when repeated: any of them may be the one the upstream reads) or
+/// `DELETE /api/v4/sessions/users/{U}`, decoded as the upstream decodes them.
+pub fn revoked_users(uri: &Uri) -> impl Iterator<Item = String> + '_ {
+    let in_path = uri
+        .path()
+        .strip_prefix("/api/v4/sessions/users/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .map(|id| percent_decode(id, false));
+    pairs(uri.query().unwrap_or(""))
+        .filter(|(k, _)| matches!(percent_decode(k, true).as_str(), "userId" | "userId[]"))
+        .map(|(_, v)| percent_decode(v, true))
+        .chain(in_path)
 }
 
 /// `Some(())` when the query asks for the public user view: no parameter but at most one
@@ -258,6 +278,19 @@ mod tests {
             lookup(Route::UserList, &format!("/api/v3/users/list?{many}")),
             None
         );
+    }
+
+    #[test]
+    fn revocations_name_their_users_in_query_or_path() {
+        let users = |uri: &str| revoked_users(&uri.parse().unwrap()).collect::<Vec<_>>();
+        assert!(users("/api/v4/sessions").is_empty());
+        assert_eq!(
+            users("/api/v4/sessions?userId=a%20b&isPublic=true"),
+            ["a b"]
+        );
+        assert_eq!(users("/api/v4/sessions?userId=a&userId[]=b"), ["a", "b"]);
+        assert_eq!(users("/api/v4/sessions/users/u%2B1"), ["u+1"]);
+        assert!(users("/api/v4/sessions/users/").is_empty());
     }
 
     #[test]

@@ -4,10 +4,22 @@
 //! is fresh and whether a token may be served:
 //!
 //! * the purge watermark: a `lastCachePurge` date a replica saw move;
-//! * tokens issued by session answers: the token's SHA-256, its network partition, a hash of
-//!   its deviceId and its `expiresAt` (never the token itself). Each replica retires the
-//!   device's older token when it learns a newer one, wherever either was issued;
-//! * forgotten tokens: logouts and upstream 401/403.
+//! * tokens issued by session answers ([`Issued`]): the token's SHA-256 (never the token
+//!   itself), its network partition, hashes of its deviceId and user, its `issuedAt`, when its
+//!   session was sent and its `expiresAt`. Each replica orders a device's tokens by `issuedAt`
+//!   whichever replica issued them (see `cache::tokens`), and marks the user's cached answers
+//!   stale as a session through itself would;
+//! * forgotten tokens (logouts, upstream 401/403, a device's token retired as a new session
+//!   for it is sent): each replica tombstones them as its own;
+//! * admin revocations of a user's tokens, at the sender's clock.
+//!
+//! With sharing on, deviceIds and userIds are hashed alike on every replica ([`stable_hash`])
+//! so a fact names the same device and user everywhere. What stays per replica: the cached
+//! answers, tokens proven by a lookup's 2xx (a replica proves its own), the per-user marks of
+//! users a session answer names besides the token's own user, and the stale-marking of those
+//! answers eagerly (each replica checks freshness on read anyway). Times compared across
+//! replicas (a revocation against a token's session) are gateway clocks of different hosts:
+//! they agree only as far as those clocks do.
 //!
 //! Facts go into one Redis stream (`<key_prefix>:{facts}`, capped at `max_facts` entries), in
 //! order, from every replica; each replica reads it with a blocking `XREAD` (which returns as
@@ -15,11 +27,9 @@
 //! A stream rather than pub/sub because a replica that lost Redis reads on from the last entry
 //! it applied when it comes back, instead of missing what was said.
 //!
-//! Tokens learnt from others are kept apart from the replica's own (a second registry, bounded
-//! by the same `max_tokens`), so they can be distrusted as a whole while out of touch. A token
-//! this replica already knows itself is judged by its own record: one it proved by a lookup
-//! before hearing it was issued elsewhere stays in its private partition until that record
-//! expires (`proven_token_ttl_secs`).
+//! Tokens learnt from others enter the replica's own registry, flagged, so they can be
+//! distrusted as a whole while out of touch. A token this replica proved by a lookup before
+//! hearing it was issued elsewhere moves to the network partition the fact names.
 //!
 //! Trust while Redis is away: a replica keeps serving on what it knows itself (its own tokens,
 //! answers and watermark) and says so (`gateway_cache_shared_synced` 0); tokens it learnt from
@@ -33,7 +43,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -42,11 +52,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::settings::CacheConfig;
-use super::tokens::{DeviceHash, Partition, TokenHash, TokenRegistry};
+use super::marks::UserHash;
+use super::tokens::{DeviceHash, Issued, Partition, TokenHash, TokenRegistry};
 use super::watermark::now_us;
 use super::LookupCache;
-use crate::config::{invalid, ConfigError, Secret};
+use crate::config::shared::{invalid, ConfigError, Secret};
 use crate::redis_link::{RedisLink, RedisTarget};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -78,7 +88,7 @@ impl Default for SharedFile {
 }
 
 /// The validated `[cache.shared]` section. `Debug` hides the URL.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct SharedConfig {
     pub target: RedisTarget,
     /// The stream key; the braces keep it and the epoch key in one Cluster slot.
@@ -127,17 +137,23 @@ impl SharedFile {
     }
 }
 
-/// The same hash of a deviceId on every replica, so a newer session through one replica
-/// retires the token another issued. SHA-256 (first 8 bytes): a chosen device cannot be made
-/// to collide with another's without a second preimage.
-pub fn device_hash(device_id: &str) -> DeviceHash {
+/// The same hash of an id on every replica (SHA-256 of `domain` and `id`, first 8 bytes), so
+/// that a fact names one device or user everywhere: a newer session through one replica
+/// retires the token another issued.
+pub fn stable_hash(domain: &[u8], id: &str) -> u64 {
     let mut h = Sha256::new();
-    h.update(b"amity-gateway device\0");
-    h.update(device_id.as_bytes());
+    h.update(domain);
+    h.update(id.as_bytes());
     let d: [u8; 32] = h.finalize().into();
     let mut b = [0u8; 8];
     b.copy_from_slice(&d[..8]);
-    DeviceHash(u64::from_le_bytes(b))
+    u64::from_le_bytes(b)
+}
+
+/// A deviceId hashed alike on every replica. A chosen device cannot be made to collide with
+/// another's without a second preimage of SHA-256.
+pub fn device_hash(device_id: &str) -> DeviceHash {
+    DeviceHash(stable_hash(b"amity-gateway device\0", device_id))
 }
 
 /// One shared fact.
@@ -147,14 +163,14 @@ pub enum Fact {
     Purge {
         at_us: i64,
     },
-    Issued {
-        token: TokenHash,
-        partition: Partition,
-        device: DeviceHash,
-        expires_us: i64,
-    },
+    Issued(Issued),
     Forget {
         token: TokenHash,
+    },
+    /// An admin revoked `user`'s tokens, at `at_us` (the sender's clock).
+    Revoke {
+        user: UserHash,
+        at_us: i64,
     },
     /// The sender lost facts it could not send: nobody can know what they were.
     Reset,
@@ -163,22 +179,26 @@ pub enum Fact {
 impl Fact {
     /// `kind, origin, payload`: fixed-size binary, one stream field.
     fn encode(&self, origin: u64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(73);
+        let mut v = Vec::with_capacity(97);
         let (kind, rest): (u8, Vec<u8>) = match *self {
             Fact::Purge { at_us } => (b'P', at_us.to_le_bytes().to_vec()),
-            Fact::Issued {
-                token,
-                partition,
-                device,
-                expires_us,
-            } => {
-                let mut r = token.to_bytes().to_vec();
-                r.extend_from_slice(&partition.to_bytes());
-                r.extend_from_slice(&device.0.to_le_bytes());
-                r.extend_from_slice(&expires_us.to_le_bytes());
+            Fact::Issued(i) => {
+                let mut r = i.token.to_bytes().to_vec();
+                r.extend_from_slice(&i.partition.to_bytes());
+                for n in [i.device.0, i.user.to_bits()] {
+                    r.extend_from_slice(&n.to_le_bytes());
+                }
+                for t in [i.issued_us, i.sent_us, i.expires_us] {
+                    r.extend_from_slice(&t.to_le_bytes());
+                }
                 (b'I', r)
             }
             Fact::Forget { token } => (b'F', token.to_bytes().to_vec()),
+            Fact::Revoke { user, at_us } => {
+                let mut r = user.to_bits().to_le_bytes().to_vec();
+                r.extend_from_slice(&at_us.to_le_bytes());
+                (b'U', r)
+            }
             Fact::Reset => (b'R', Vec::new()),
         };
         v.push(kind);
@@ -192,31 +212,44 @@ impl Fact {
         let (&kind, rest) = b.split_first()?;
         let (origin, rest) = rest.split_first_chunk::<8>()?;
         let origin = u64::from_le_bytes(*origin);
-        let fact = match kind {
-            b'P' => Fact::Purge {
-                at_us: i64::from_le_bytes(*rest.first_chunk::<8>().filter(|_| rest.len() == 8)?),
+        let fact = match (kind, rest.len()) {
+            (b'P', 8) => Fact::Purge {
+                at_us: i64::from_le_bytes(*rest.first_chunk::<8>()?),
             },
-            b'I' if rest.len() == 64 => {
-                let (token, rest) = rest.split_first_chunk::<32>()?;
-                let (partition, rest) = rest.split_first_chunk::<16>()?;
-                let (device, rest) = rest.split_first_chunk::<8>()?;
-                Fact::Issued {
+            (b'I', 88) => {
+                let (token, tail) = rest.split_first_chunk::<32>()?;
+                let (partition, tail) = tail.split_first_chunk::<16>()?;
+                let mut w = words(tail);
+                Fact::Issued(Issued {
                     token: TokenHash::from_bytes(*token),
                     partition: Partition::from_bytes(*partition),
-                    device: DeviceHash(u64::from_le_bytes(*device)),
-                    expires_us: i64::from_le_bytes(*rest.first_chunk::<8>()?),
+                    device: DeviceHash(u64::from_le_bytes(w.next()?)),
+                    user: UserHash::from_bits(u64::from_le_bytes(w.next()?)),
+                    issued_us: i64::from_le_bytes(w.next()?),
+                    sent_us: i64::from_le_bytes(w.next()?),
+                    expires_us: i64::from_le_bytes(w.next()?),
+                })
+            }
+            (b'U', 16) => {
+                let mut w = words(rest);
+                Fact::Revoke {
+                    user: UserHash::from_bits(u64::from_le_bytes(w.next()?)),
+                    at_us: i64::from_le_bytes(w.next()?),
                 }
             }
-            b'F' => Fact::Forget {
-                token: TokenHash::from_bytes(
-                    *rest.first_chunk::<32>().filter(|_| rest.len() == 32)?,
-                ),
+            (b'F', 32) => Fact::Forget {
+                token: TokenHash::from_bytes(*rest.first_chunk::<32>()?),
             },
-            b'R' if rest.is_empty() => Fact::Reset,
+            (b'R', 0) => Fact::Reset,
             _ => return None,
         };
         Some((origin, fact))
     }
+}
+
+/// The 8-byte fields of `b`, in order.
+fn words(b: &[u8]) -> impl Iterator<Item = [u8; 8]> + '_ {
+    b.chunks_exact(8).filter_map(|c| c.try_into().ok())
 }
 
 /// Facts waiting to be sent, at most; past it they are dropped and a reset is announced.
@@ -237,10 +270,6 @@ pub struct SharedTruth {
     inbox: Mutex<Option<mpsc::Receiver<Fact>>>,
     /// Facts were dropped unsent: a reset goes first once Redis answers again.
     lost: AtomicBool,
-    /// Tokens learnt from other replicas; replaced wholesale on a reset.
-    remote: RwLock<Arc<TokenRegistry>>,
-    max_tokens: u64,
-    proven_ttl: Duration,
     synced: AtomicBool,
     queued: AtomicU64,
     published: AtomicU64,
@@ -263,7 +292,7 @@ pub struct SharedStats {
 }
 
 impl SharedTruth {
-    pub fn new(cfg: &SharedConfig, cache: &CacheConfig) -> Self {
+    pub fn new(cfg: &SharedConfig) -> Self {
         let (outbox, inbox) = mpsc::channel(OUTBOX);
         Self {
             cfg: cfg.clone(),
@@ -271,28 +300,11 @@ impl SharedTruth {
             outbox,
             inbox: Mutex::new(Some(inbox)),
             lost: AtomicBool::new(false),
-            remote: RwLock::new(Arc::new(Self::registry(
-                cache.max_tokens,
-                cache.proven_token_ttl,
-            ))),
-            max_tokens: cache.max_tokens,
-            proven_ttl: cache.proven_token_ttl,
             synced: AtomicBool::new(false),
             queued: AtomicU64::new(0),
             published: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             resets: AtomicU64::new(0),
-        }
-    }
-
-    fn registry(max_tokens: u64, proven_ttl: Duration) -> TokenRegistry {
-        TokenRegistry::new(max_tokens, proven_ttl)
-    }
-
-    fn remote(&self) -> Arc<TokenRegistry> {
-        match self.remote.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -310,33 +322,13 @@ impl SharedTruth {
         tokio::spawn(reader(cache, read));
     }
 
-    /// Queues a fact for the other replicas, and applies it to the tokens learnt from them (a
-    /// logout here of a token issued elsewhere; a newer session here retiring one).
+    /// Queues a fact (already applied here) for the other replicas.
     pub fn publish(&self, fact: Fact) {
-        let remote = self.remote();
-        match fact {
-            Fact::Forget { token } => remote.forget(&token),
-            Fact::Issued { token, device, .. } => {
-                if let Some(old) = remote.token_of(&device).filter(|old| *old != token) {
-                    remote.forget(&old);
-                }
-            }
-            Fact::Purge { .. } | Fact::Reset => {}
-        }
         if self.outbox.try_send(fact).is_err() {
             self.lost.store(true, Ordering::Release);
         } else {
             self.queued.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// The partition a token learnt from another replica may be served from; `None` while not
-    /// caught up with the stream.
-    pub fn valid(&self, token: &TokenHash, now_us: i64) -> Option<Partition> {
-        if !self.synced.load(Ordering::Acquire) {
-            return None;
-        }
-        self.remote().valid(token, now_us)
     }
 
     pub fn stats(&self) -> SharedStats {
@@ -349,7 +341,9 @@ impl SharedTruth {
         }
     }
 
-    fn set_synced(&self, synced: bool) {
+    /// Caught up (learnt tokens trusted) or not.
+    fn set_synced(&self, tokens: &TokenRegistry, synced: bool) {
+        tokens.trust_learnt(synced);
         if self.synced.swap(synced, Ordering::AcqRel) != synced {
             if synced {
                 tracing::info!("cache sharing caught up; trusting other replicas' facts");
@@ -365,23 +359,12 @@ fn apply(cache: &LookupCache, shared: &SharedTruth, fact: Fact) {
     let now = now_us();
     match fact {
         Fact::Purge { at_us } => cache.purge_at(at_us, false),
-        Fact::Issued {
-            token,
-            partition,
-            device,
-            expires_us,
-        } => {
-            if let Some(old) = cache.tokens.token_of(&device).filter(|old| *old != token) {
-                cache.tokens.forget(&old);
-            }
-            shared
-                .remote()
-                .issued(token, partition, device, expires_us, now);
+        Fact::Issued(issued) => {
+            cache.marks.mark(issued.user, now);
+            cache.tokens.learnt(issued, now);
         }
-        Fact::Forget { token } => {
-            cache.tokens.forget(&token);
-            shared.remote().forget(&token);
-        }
+        Fact::Forget { token } => cache.tokens.forget(&token),
+        Fact::Revoke { user, at_us } => cache.tokens.revoke_user(user, at_us),
         Fact::Reset => reset(cache, shared),
     }
     shared.applied.fetch_add(1, Ordering::Relaxed);
@@ -390,9 +373,6 @@ fn apply(cache: &LookupCache, shared: &SharedTruth, fact: Fact) {
 /// Forgets every token (own and learnt) and every cached answer: what was missed is unknown.
 fn reset(cache: &LookupCache, shared: &SharedTruth) {
     cache.tokens.clear();
-    if let Ok(mut r) = shared.remote.write() {
-        *r = Arc::new(SharedTruth::registry(shared.max_tokens, shared.proven_ttl));
-    }
     cache.purge_at(now_us(), false);
     shared.resets.fetch_add(1, Ordering::Relaxed);
     tracing::warn!("cache sharing cannot tell what it missed; tokens and cached answers dropped");
@@ -609,7 +589,7 @@ async fn reader(cache: Weak<LookupCache>, link: Arc<RedisLink>) {
                 };
                 match caught_up {
                     Ok(()) => {
-                        shared.set_synced(true);
+                        shared.set_synced(&cache.tokens, true);
                         read_on(&mut conn, &cache, shared, &mut pos, Some(READ_SLICE_MS))
                             .await
                             .map(|_| ())
@@ -620,7 +600,7 @@ async fn reader(cache: Weak<LookupCache>, link: Arc<RedisLink>) {
             }
         };
         if let Err(e) = result {
-            shared.set_synced(false);
+            shared.set_synced(&cache.tokens, false);
             if let Some(e) = e {
                 link.failed(&e);
             }
@@ -638,14 +618,21 @@ mod tests {
     fn facts_round_trip_and_garbage_is_ignored() {
         let facts = [
             Fact::Purge { at_us: -5 },
-            Fact::Issued {
+            Fact::Issued(Issued {
                 token: TokenHash::of("t"),
                 partition: Partition::of_network(b"k"),
                 device: device_hash("d"),
+                user: UserHash::from_bits(7),
+                issued_us: 1_699_999_999_000_000,
+                sent_us: 1_699_999_999_500_000,
                 expires_us: 1_700_000_000_000_000,
-            },
+            }),
             Fact::Forget {
                 token: TokenHash::of("u"),
+            },
+            Fact::Revoke {
+                user: UserHash::from_bits(9),
+                at_us: -3,
             },
             Fact::Reset,
         ];

@@ -19,8 +19,6 @@ use super::settings::CacheConfig;
 #[derive(Debug)]
 pub struct Entry {
     pub content_type: Option<HeaderValue>,
-    /// `None` for uncompressed bytes.
-    pub content_encoding: Option<HeaderValue>,
     pub body: Bytes,
     /// When the request that fetched it was sent (gateway wall clock, µs): the answer reflects
     /// the upstream's data as of this moment or later.
@@ -36,7 +34,6 @@ impl Entry {
     fn bytes(&self) -> usize {
         self.body.len()
             + self.content_type.as_ref().map_or(0, HeaderValue::len)
-            + self.content_encoding.as_ref().map_or(0, HeaderValue::len)
             + self.users.len() * std::mem::size_of::<UserHash>()
             + OVERHEAD
     }
@@ -117,7 +114,6 @@ mod tests {
     fn entry(len: usize) -> Entry {
         Entry {
             content_type: None,
-            content_encoding: None,
             body: Bytes::from(vec![b'x'; len]),
             fetched_us: 0,
             users: Box::new([]),

@@ -9,19 +9,47 @@
 //!   token of another Amity network is a valid bearer there too), so its answers are neither
 //!   served to nor taken from anyone else.
 //!
-//! A newer session for the same deviceId retires the older token: each device maps to its
-//! current token, and a session-issued token is valid only while its device still maps to it.
-//! Logout through the gateway and an upstream 401/403 forget a token. Both maps are bounded;
-//! whatever they forget or refuse to admit only makes a token unknown, and an unknown token is
-//! always forwarded, so memory pressure never lets a retired token through.
+//! A newer session for the same deviceId retires the older token, in the upstream's own order:
+//! each device maps to the token with the latest `issuedAt` seen, whatever order the answers
+//! arrive in; an answer issued before the device's current token is already retired, and two
+//! tokens issued in the same millisecond are both distrusted (the text cannot order them). A
+//! session request retires the device's current token when it is sent, not when its answer
+//! comes: the upstream may retire it before the answer is read, or the answer may never be.
+//!
+//! Logout through the gateway, an upstream 401/403 and a session retiring a token forget it
+//! for good: a forgotten token leaves a tombstone, so a 2xx answer to a request sent before it
+//! was forgotten cannot prove it again. An admin revocation of a user distrusts every token of
+//! that user learnt from a session sent before the revocation answered, and every proven token
+//! (whose user is unknown) proven by a request sent before it.
+//!
+//! With `[cache.shared]`, tokens issued through other replicas are learnt from their facts
+//! ([`TokenRegistry::learnt`]) and enter the same maps, so one device's tokens are ordered by
+//! `issuedAt` whichever replica issued them, and tombstones and revocations apply to them
+//! alike. Learnt tokens are flagged: while the replica is not caught up with the others'
+//! facts ([`TokenRegistry::trust_learnt`]) they are not trusted, since their logouts may be
+//! among the facts not yet read.
+//!
+//! Every map is bounded; whatever they forget or refuse to admit only makes a token unknown,
+//! and an unknown token is always forwarded, so memory pressure never lets a retired token
+//! through, with one bound: a tombstone evicted early (more than `max_tokens` tokens forgotten
+//! within [`TOMBSTONE_TTL`]) lets a 2xx answer still in flight prove its token for the proven
+//! TTL.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
+use super::marks::{UserHash, UserMarks};
 use super::watermark::{micros, now_us};
+
+/// How long a forgotten token stays refused to proofs: longer than any request can be in
+/// flight (the request timeout bounds it), after which the upstream's own 401 answers keep
+/// forgetting it.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// The SHA-256 of a bearer token. Its `Debug` shows nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,7 +109,8 @@ impl Partition {
     }
 }
 
-/// A hashed deviceId (hashed with the cache's per-process key).
+/// A hashed deviceId (hashed with the cache's per-process key, or alike on every replica with
+/// `[cache.shared]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceHash(pub u64);
 
@@ -90,12 +119,22 @@ struct TokenRecord {
     partition: Partition,
     /// The device a session issued the token for; `None` for proven tokens.
     device: Option<DeviceHash>,
+    /// The user a session issued the token to; `None` for proven tokens.
+    user: Option<UserHash>,
+    /// Learnt from another replica's fact.
+    learnt: bool,
+    /// When the request that taught the token was sent (gateway clock): revocations answered
+    /// after it distrust the token.
+    sent_us: i64,
     expires_us: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct DeviceRecord {
-    token: TokenHash,
+    /// The device's current token; `None` while a session is in flight or after a tie.
+    token: Option<TokenHash>,
+    /// The `issuedAt` of the latest token seen for the device (upstream clock, µs).
+    issued_us: i64,
     expires_us: i64,
 }
 
@@ -139,14 +178,43 @@ impl<K, V: ExpiresAt> Expiry<K, V> for AtDate {
     }
 }
 
+/// What a session answer teaches: the token, whose it is, and when the upstream issued it.
+/// Shared as it is with the other replicas (`cache::shared`), so each applies the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    pub token: TokenHash,
+    pub partition: Partition,
+    pub device: DeviceHash,
+    pub user: UserHash,
+    /// `issuedAt` (upstream clock, µs).
+    pub issued_us: i64,
+    /// When the session request was sent (gateway clock, µs).
+    pub sent_us: i64,
+    pub expires_us: i64,
+}
+
 pub struct TokenRegistry {
     tokens: Cache<TokenHash, TokenRecord, ahash::RandomState>,
     devices: Cache<DeviceHash, DeviceRecord, ahash::RandomState>,
+    /// Tokens forgotten for good (see [`TOMBSTONE_TTL`]).
+    tombstones: Cache<TokenHash, (), ahash::RandomState>,
+    /// Per user (hashed into fixed slots): when an admin last revoked the user's tokens.
+    /// Users sharing a slot only lose each other's trust, never gain it.
+    revoked: UserMarks,
+    /// When any user's tokens were last revoked: proven tokens have no known user.
+    any_revoked_us: AtomicI64,
     proven_ttl_us: i64,
+    /// Whether tokens learnt from other replicas are trusted (caught up with their facts).
+    trust_learnt: AtomicBool,
 }
 
 impl TokenRegistry {
-    pub fn new(max_tokens: u64, proven_ttl: Duration) -> Self {
+    pub fn new(max_tokens: u64, proven_ttl: Duration, user_slots: usize) -> Self {
+        Self::with_marks(max_tokens, proven_ttl, UserMarks::new(user_slots))
+    }
+
+    /// A registry whose users are hashed by `revoked` (see [`UserMarks::replicated`]).
+    pub fn with_marks(max_tokens: u64, proven_ttl: Duration, revoked: UserMarks) -> Self {
         Self {
             tokens: Cache::builder()
                 .max_capacity(max_tokens)
@@ -156,76 +224,164 @@ impl TokenRegistry {
                 .max_capacity(max_tokens)
                 .expire_after(AtDate)
                 .build_with_hasher(ahash::RandomState::new()),
+            tombstones: Cache::builder()
+                .max_capacity(max_tokens)
+                .time_to_live(TOMBSTONE_TTL)
+                .build_with_hasher(ahash::RandomState::new()),
+            revoked,
+            any_revoked_us: AtomicI64::new(i64::MIN),
             proven_ttl_us: micros(proven_ttl),
+            trust_learnt: AtomicBool::new(true),
         }
     }
 
-    /// A session response issued `token` for `device` in `partition`, valid until
-    /// `expires_us`; the device's previous token is retired.
-    pub fn issued(
-        &self,
-        token: TokenHash,
-        partition: Partition,
-        device: DeviceHash,
-        expires_us: i64,
-        now_us: i64,
-    ) {
-        if expires_us <= now_us {
+    /// The hash of `user_id` in the revocation table.
+    pub fn user(&self, user_id: &str) -> UserHash {
+        self.revoked.hash(user_id)
+    }
+
+    /// A session request for `device` is being sent: the device's current token is forgotten
+    /// (the upstream retires it on success, possibly before its answer is read, or ever read).
+    /// Returns the token retired, if any.
+    pub fn session_sent(&self, device: DeviceHash) -> Option<TokenHash> {
+        let mut retired = None;
+        self.devices
+            .entry(device)
+            .and_compute_with(|old| match old {
+                Some(e) => {
+                    let mut d = *e.value();
+                    retired = d.token.take();
+                    Op::Put(d)
+                }
+                None => Op::Nop,
+            });
+        if let Some(t) = retired {
+            self.forget(&t);
+        }
+        retired
+    }
+
+    /// A session answer issued a token: trusted, unless the device has already seen a token
+    /// the upstream issued later (this one is retired) or at the same millisecond (which of
+    /// the two is retired cannot be told, so neither is trusted).
+    pub fn issued(&self, i: Issued, now_us: i64) {
+        self.admit(i, now_us, false);
+    }
+
+    /// Another replica's session answer issued a token: ordered with this replica's own as
+    /// [`TokenRegistry::issued`], trusted only while [`TokenRegistry::trust_learnt`] is on.
+    pub fn learnt(&self, i: Issued, now_us: i64) {
+        self.admit(i, now_us, true);
+    }
+
+    /// Whether learnt tokens are trusted: off while the replica may have missed facts.
+    pub fn trust_learnt(&self, trusted: bool) {
+        self.trust_learnt.store(trusted, Ordering::Release);
+    }
+
+    fn admit(&self, i: Issued, now_us: i64, learnt: bool) {
+        if i.expires_us <= now_us || self.tombstones.contains_key(&i.token) {
             return;
         }
-        if let Some(old) = self.devices.get(&device) {
-            if old.token != token {
-                self.tokens.invalidate(&old.token);
+        // Forgotten after the device's entry is updated (at most the old token and this one).
+        let mut retired: [Option<TokenHash>; 2] = [None, None];
+        let mut trusted = false;
+        self.devices.entry(i.device).and_compute_with(|old| {
+            let old = old.map(|e| *e.value());
+            match old {
+                Some(d) if d.issued_us > i.issued_us => {
+                    retired = [Some(i.token), None];
+                    Op::Nop
+                }
+                Some(d) if d.issued_us == i.issued_us && d.token != Some(i.token) => {
+                    retired = [Some(i.token), d.token];
+                    Op::Put(DeviceRecord { token: None, ..d })
+                }
+                _ => {
+                    retired = [old.and_then(|d| d.token).filter(|t| *t != i.token), None];
+                    trusted = true;
+                    Op::Put(DeviceRecord {
+                        token: Some(i.token),
+                        issued_us: i.issued_us,
+                        expires_us: i.expires_us,
+                    })
+                }
             }
+        });
+        retired.iter().flatten().for_each(|t| self.forget(t));
+        if trusted {
+            self.tokens.insert(
+                i.token,
+                TokenRecord {
+                    partition: i.partition,
+                    device: Some(i.device),
+                    user: Some(i.user),
+                    learnt,
+                    sent_us: i.sent_us,
+                    expires_us: i.expires_us,
+                },
+            );
         }
-        self.devices
-            .insert(device, DeviceRecord { token, expires_us });
-        self.tokens.insert(
-            token,
-            TokenRecord {
-                partition,
-                device: Some(device),
-                expires_us,
-            },
-        );
     }
 
-    /// A 2xx upstream answer proved `token`; trusted for the proven TTL in its own partition,
-    /// unless it is already known (a session-issued record is never downgraded).
-    pub fn proven(&self, token: TokenHash, now_us: i64) {
+    /// A 2xx upstream answer to a request sent at `sent_us` proved `token`; trusted for the
+    /// proven TTL in its own partition, unless it is already known (a session-issued record is
+    /// never downgraded), was forgotten, or a revocation answered after the request was sent.
+    pub fn proven(&self, token: TokenHash, sent_us: i64, now_us: i64) {
+        if self.tombstones.contains_key(&token)
+            || sent_us <= self.any_revoked_us.load(Ordering::Acquire)
+        {
+            return;
+        }
         let _ = self.tokens.entry(token).or_insert_with(|| TokenRecord {
             partition: token.private_partition(),
             device: None,
+            user: None,
+            learnt: false,
+            sent_us,
             expires_us: now_us.saturating_add(self.proven_ttl_us),
         });
     }
 
-    /// Logout or an upstream 401/403: the token is no longer trusted.
+    /// Logout, an upstream 401/403, or retirement: the token is never trusted again.
     pub fn forget(&self, token: &TokenHash) {
+        self.tombstones.insert(*token, ());
         self.tokens.invalidate(token);
+    }
+
+    /// An admin revoked every token of `user` (reported when the revocation is sent and again
+    /// when it is answered): tokens of `user` learnt from requests sent before `at_us`, and
+    /// proven tokens proven before it, are no longer trusted.
+    pub fn revoke_user(&self, user: UserHash, at_us: i64) {
+        self.revoked.mark(user, at_us);
+        self.any_revoked_us.fetch_max(at_us, Ordering::AcqRel);
     }
 
     /// The partition `token` may be served from, if it is known valid at `now_us`.
     pub fn valid(&self, token: &TokenHash, now_us: i64) -> Option<Partition> {
         let rec = self.tokens.get(token)?;
-        if rec.expires_us <= now_us {
+        if rec.expires_us <= now_us || (rec.learnt && !self.trust_learnt.load(Ordering::Acquire)) {
             return None;
+        }
+        match rec.user {
+            Some(user) if self.revoked.stale(&[user], rec.sent_us) => return None,
+            None if rec.sent_us <= self.any_revoked_us.load(Ordering::Acquire) => return None,
+            _ => {}
         }
         if let Some(device) = rec.device {
             // Retired by a newer session of its device, or the device mapping was forgotten.
-            if self.devices.get(&device).is_none_or(|d| d.token != *token) {
+            if self
+                .devices
+                .get(&device)
+                .is_none_or(|d| d.token != Some(*token))
+            {
                 return None;
             }
         }
         Some(rec.partition)
     }
 
-    /// The token a session last issued for `device`, if remembered.
-    pub fn token_of(&self, device: &DeviceHash) -> Option<TokenHash> {
-        self.devices.get(device).map(|d| d.token)
-    }
-
-    /// Forgets every token and device.
+    /// Forgets every token and device (tombstones and revocations stay).
     pub fn clear(&self) {
         self.tokens.invalidate_all();
         self.devices.invalidate_all();
@@ -244,6 +400,7 @@ impl TokenRegistry {
     pub fn sync(&self) {
         self.tokens.run_pending_tasks();
         self.devices.run_pending_tasks();
+        self.tombstones.run_pending_tasks();
     }
 }
 
@@ -254,19 +411,36 @@ mod tests {
     const DAY_US: i64 = 86_400_000_000;
 
     fn reg() -> TokenRegistry {
-        TokenRegistry::new(1000, Duration::from_secs(60))
+        TokenRegistry::new(1000, Duration::from_secs(60), 1 << 20)
     }
 
     fn net() -> Partition {
         Partition::of_network(b"key")
     }
 
+    /// `token` issued at `issued_us` for device `device` of user "u", sent and learnt at `now`.
+    fn issue(r: &TokenRegistry, token: &str, device: u64, issued_us: i64, now: i64) -> TokenHash {
+        let t = TokenHash::of(token);
+        r.issued(
+            Issued {
+                token: t,
+                partition: net(),
+                device: DeviceHash(device),
+                user: r.user("u"),
+                issued_us,
+                sent_us: now,
+                expires_us: now + DAY_US,
+            },
+            now,
+        );
+        t
+    }
+
     #[test]
     fn issued_tokens_are_valid_in_their_network_until_expiry() {
         let r = reg();
         let now = now_us();
-        let t = TokenHash::of("t1");
-        r.issued(t, net(), DeviceHash(1), now + DAY_US, now);
+        let t = issue(&r, "t1", 1, now, now);
         assert_eq!(r.valid(&t, now), Some(net()));
         assert_eq!(r.valid(&t, now + DAY_US), None, "expired");
         assert_eq!(r.valid(&TokenHash::of("forged"), now), None);
@@ -277,18 +451,28 @@ mod tests {
         let r = reg();
         let now = now_us();
         let t = TokenHash::of("old");
-        r.issued(t, net(), DeviceHash(1), now - 1, now);
-        assert_eq!(r.valid(&t, now), None);
+        r.issued(
+            Issued {
+                token: t,
+                partition: net(),
+                device: DeviceHash(1),
+                user: r.user("u"),
+                issued_us: now - DAY_US,
+                sent_us: now,
+                expires_us: now - 1,
+            },
+            now,
+        );
+        assert_eq!(r.valid(&t, now - 2), None);
     }
 
     #[test]
     fn a_newer_session_of_the_device_retires_the_older_token() {
         let r = reg();
         let now = now_us();
-        let (old, new, other) = (TokenHash::of("a"), TokenHash::of("b"), TokenHash::of("c"));
-        r.issued(old, net(), DeviceHash(1), now + DAY_US, now);
-        r.issued(other, net(), DeviceHash(2), now + DAY_US, now);
-        r.issued(new, net(), DeviceHash(1), now + DAY_US, now);
+        let old = issue(&r, "a", 1, now, now);
+        let other = issue(&r, "c", 2, now, now);
+        let new = issue(&r, "b", 1, now + 1000, now);
         assert_eq!(r.valid(&old, now), None);
         assert_eq!(r.valid(&new, now), Some(net()));
         assert_eq!(
@@ -296,17 +480,93 @@ mod tests {
             Some(net()),
             "other devices keep theirs"
         );
-        // Proving the retired token again must not bring back its network partition.
-        r.proven(old, now);
-        assert_ne!(r.valid(&old, now), Some(net()));
+        // Proving the retired token again must not bring it back.
+        r.proven(old, now + 1, now + 1);
+        assert_eq!(r.valid(&old, now + 1), None);
+    }
+
+    #[test]
+    fn retirement_follows_issued_at_not_arrival() {
+        let r = reg();
+        let now = now_us();
+        let later = issue(&r, "later", 1, now + 2000, now);
+        let earlier = issue(&r, "earlier", 1, now + 1000, now);
+        assert_eq!(r.valid(&later, now), Some(net()));
+        assert_eq!(
+            r.valid(&earlier, now),
+            None,
+            "issued before the device's current token"
+        );
+        r.proven(earlier, now + 1, now + 1);
+        assert_eq!(r.valid(&earlier, now + 1), None, "retired for good");
+    }
+
+    #[test]
+    fn two_tokens_issued_in_one_millisecond_are_both_distrusted() {
+        let r = reg();
+        let now = now_us();
+        let a = issue(&r, "a", 1, now, now);
+        let b = issue(&r, "b", 1, now, now);
+        assert_eq!(r.valid(&a, now), None);
+        assert_eq!(r.valid(&b, now), None);
+        let c = issue(&r, "c", 1, now + 1000, now);
+        assert_eq!(r.valid(&c, now), Some(net()));
+    }
+
+    #[test]
+    fn a_session_sent_retires_the_device_token_before_its_answer() {
+        let r = reg();
+        let now = now_us();
+        let t = issue(&r, "t", 1, now, now);
+        r.session_sent(DeviceHash(1));
+        assert_eq!(r.valid(&t, now), None);
+        r.proven(t, now + 1, now + 1);
+        assert_eq!(
+            r.valid(&t, now + 1),
+            None,
+            "a lookup answer cannot prove it again"
+        );
+        let n = issue(&r, "n", 1, now + 1000, now);
+        assert_eq!(r.valid(&n, now), Some(net()));
+    }
+
+    #[test]
+    fn revoking_a_user_distrusts_tokens_learnt_before_and_proven_tokens() {
+        let r = reg();
+        let now = now_us();
+        let t = issue(&r, "t", 1, now, now);
+        let p = TokenHash::of("p");
+        r.proven(p, now, now);
+        assert_eq!(r.valid(&p, now), Some(p.private_partition()));
+        r.revoke_user(r.user("someone-else"), now + 5);
+        assert_eq!(
+            r.valid(&t, now + 6),
+            Some(net()),
+            "another user's revocation"
+        );
+        assert_eq!(
+            r.valid(&p, now + 6),
+            None,
+            "proven tokens have no known user"
+        );
+        r.revoke_user(r.user("u"), now + 10);
+        assert_eq!(r.valid(&t, now + 11), None);
+        // A session sent after the revocation answered is trusted again.
+        let later = issue(&r, "later", 2, now + 20, now + 20);
+        assert_eq!(r.valid(&later, now + 21), Some(net()));
+        r.proven(p, now + 3, now + 21);
+        assert_eq!(
+            r.valid(&p, now + 21),
+            None,
+            "proof sent before the revocation"
+        );
     }
 
     #[test]
     fn a_forgotten_device_mapping_makes_its_token_unknown() {
         let r = reg();
         let now = now_us();
-        let t = TokenHash::of("a");
-        r.issued(t, net(), DeviceHash(1), now + DAY_US, now);
+        let t = issue(&r, "a", 1, now, now);
         r.devices.invalidate(&DeviceHash(1));
         assert_eq!(r.valid(&t, now), None);
     }
@@ -316,7 +576,7 @@ mod tests {
         let r = reg();
         let now = now_us();
         let t = TokenHash::of("p");
-        r.proven(t, now);
+        r.proven(t, now, now);
         assert_eq!(r.valid(&t, now), Some(t.private_partition()));
         assert_ne!(t.private_partition(), net());
         assert_eq!(r.valid(&t, now + 60_000_000), None);
@@ -326,20 +586,60 @@ mod tests {
     fn proving_never_downgrades_an_issued_token() {
         let r = reg();
         let now = now_us();
-        let t = TokenHash::of("s");
-        r.issued(t, net(), DeviceHash(1), now + DAY_US, now);
-        r.proven(t, now);
+        let t = issue(&r, "s", 1, now, now);
+        r.proven(t, now, now);
         assert_eq!(r.valid(&t, now + 120_000_000), Some(net()));
     }
 
     #[test]
-    fn forgotten_tokens_are_unknown() {
+    fn forgotten_tokens_are_unknown_and_stay_so() {
         let r = reg();
         let now = now_us();
-        let t = TokenHash::of("s");
-        r.issued(t, net(), DeviceHash(1), now + DAY_US, now);
+        let t = issue(&r, "s", 1, now, now);
         r.forget(&t);
         assert_eq!(r.valid(&t, now), None);
+        // A session answer that arrives after its logout does not bring it back.
+        let t = issue(&r, "s", 1, now + 1000, now);
+        assert_eq!(r.valid(&t, now), None);
+    }
+
+    #[test]
+    fn learnt_tokens_are_ordered_with_own_and_trusted_only_while_caught_up() {
+        let r = reg();
+        let now = now_us();
+        let own = issue(&r, "own", 1, now, now);
+        let remote = Issued {
+            token: TokenHash::of("remote"),
+            partition: net(),
+            device: DeviceHash(1),
+            user: r.user("u"),
+            issued_us: now + 1000,
+            sent_us: now,
+            expires_us: now + DAY_US,
+        };
+        r.learnt(remote, now);
+        assert_eq!(r.valid(&own, now), None, "retired by the later one");
+        assert_eq!(r.valid(&remote.token, now), Some(net()));
+        r.trust_learnt(false);
+        assert_eq!(r.valid(&remote.token, now), None);
+        r.trust_learnt(true);
+        r.forget(&remote.token);
+        r.learnt(remote, now);
+        assert_eq!(r.valid(&remote.token, now), None, "tombstoned");
+        let own = issue(&r, "own2", 2, now, now);
+        r.learnt(
+            Issued {
+                token: TokenHash::of("older"),
+                device: DeviceHash(2),
+                issued_us: now - 1000,
+                ..remote
+            },
+            now,
+        );
+        assert_eq!(r.valid(&own, now), Some(net()), "an older learnt token");
+        assert_eq!(r.valid(&TokenHash::of("older"), now), None);
+        r.clear();
+        assert_eq!(r.valid(&own, now), None);
     }
 
     #[test]

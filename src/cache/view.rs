@@ -72,6 +72,8 @@ impl<'a> UserIds<'a> {
 #[derive(Default)]
 pub struct SessionAnswer<'a> {
     pub access_token: Loose<'a>,
+    /// When the upstream issued the token: the order in which it retires a device's tokens.
+    pub issued_at: Loose<'a>,
     pub expires_at: Loose<'a>,
     pub last_cache_purge: Loose<'a>,
     pub users: UserIds<'a>,
@@ -116,6 +118,9 @@ impl<'a> SessionAnswer<'a> {
             } else if key.is("users") {
                 seen.first(3)?;
                 v.users = UserIds::scan(s)?;
+            } else if key.is("issuedAt") {
+                seen.first(4)?;
+                v.issued_at = Loose::scan(s)?;
             } else {
                 s.skip()?;
             }
@@ -142,6 +147,83 @@ impl<'a> UsersAnswer<'a> {
         })
         .ok()?;
         Some(v)
+    }
+}
+
+/// A file lookup answer, in any of the shapes the upstream is known to send: the bare File
+/// object, `{"data": File}` or `{"files": [File]}`. Which files it describes, and whether every
+/// one of them is `accessType: "public"` (the only mark that says any member may see it).
+#[derive(Default)]
+pub struct FileAnswer<'a> {
+    pub file_ids: Vec<Cow<'a, str>>,
+    pub all_public: bool,
+}
+
+impl<'a> FileAnswer<'a> {
+    /// The view of `body`; `None` when it is not a JSON object, or repeats a field read here.
+    pub fn read(body: &'a [u8]) -> Option<Self> {
+        let mut v = FileAnswer {
+            file_ids: Vec::new(),
+            all_public: true,
+        };
+        let mut top = FileFields::default();
+        let mut seen = Once::default();
+        Scanner::document(body, |s, key| {
+            if key.is("data") {
+                seen.first(2)?;
+                v.take(s)
+            } else if key.is("files") {
+                seen.first(3)?;
+                s.array(|s| v.take(s)).map(drop)
+            } else {
+                top.field(s, &key, &mut seen)
+            }
+        })
+        .ok()?;
+        if let Some(id) = top.id {
+            v.file_ids.push(id);
+            v.all_public &= top.public;
+        }
+        Some(v)
+    }
+
+    /// One File object at the cursor.
+    fn take(&mut self, s: &mut Scanner<'a>) -> scan::Result<()> {
+        let mut f = FileFields::default();
+        let mut seen = Once::default();
+        s.object(|s, key| f.field(s, &key, &mut seen))?;
+        if let Some(id) = f.id {
+            self.file_ids.push(id);
+            self.all_public &= f.public;
+        }
+        Ok(())
+    }
+}
+
+/// The two fields of a File object the cache reads.
+#[derive(Default)]
+struct FileFields<'a> {
+    id: Option<Cow<'a, str>>,
+    public: bool,
+}
+
+impl<'a> FileFields<'a> {
+    fn field(
+        &mut self,
+        s: &mut Scanner<'a>,
+        key: &scan::Key<'a>,
+        seen: &mut Once,
+    ) -> scan::Result<()> {
+        if key.is("fileId") {
+            seen.first(0)?;
+            self.id = s.take_str()?;
+        } else if key.is("accessType") {
+            seen.first(1)?;
+            self.public = s.take_str()?.is_some_and(|t| t == "public");
+        } else {
+            s.skip()?;
+        }
+        Ok(())
     }
 }
 
@@ -208,6 +290,8 @@ mod tests {
     struct Oracle {
         #[serde(rename = "accessToken")]
         access_token: Option<serde_json::Value>,
+        #[serde(rename = "issuedAt")]
+        issued_at: Option<serde_json::Value>,
         #[serde(rename = "expiresAt")]
         expires_at: Option<serde_json::Value>,
         #[serde(rename = "lastCachePurge")]
@@ -288,6 +372,7 @@ mod tests {
             };
             let v = view.unwrap_or_else(|| panic!("serde_json reads, the view does not: {shown}"));
             assert_eq!(loose(&v.access_token), field(&tree.access_token), "{shown}");
+            assert_eq!(loose(&v.issued_at), field(&tree.issued_at), "{shown}");
             assert_eq!(loose(&v.expires_at), field(&tree.expires_at), "{shown}");
             assert_eq!(
                 loose(&v.last_cache_purge),
@@ -308,6 +393,32 @@ mod tests {
             agreed_ok > 2_000 && agreed_bad > 2_000,
             "{agreed_ok} {agreed_bad}"
         );
+    }
+
+    #[test]
+    fn a_file_answer_is_read_in_every_shape_the_upstream_sends() {
+        for body in [
+            r#"{"fileId":"f","accessType":"public","attributes":{"name":"a"}}"#,
+            r#"{"status":"ok","data":{"fileId":"f","accessType":"public"}}"#,
+            r#"{"files":[{"fileId":"f","accessType":"public"}]}"#,
+        ] {
+            let v = FileAnswer::read(body.as_bytes()).unwrap();
+            assert_eq!(v.file_ids, vec!["f"], "{body}");
+            assert!(v.all_public, "{body}");
+        }
+        let v = FileAnswer::read(br#"{"fileId":"f","accessType":"network"}"#).unwrap();
+        assert!(!v.all_public);
+        let v = FileAnswer::read(br#"{"fileId":"f"}"#).unwrap();
+        assert!(!v.all_public, "unmarked is not public");
+        let v =
+            FileAnswer::read(br#"{"files":[{"fileId":"f","accessType":"public"},{"fileId":"g"}]}"#)
+                .unwrap();
+        assert_eq!((v.file_ids.len(), v.all_public), (2, false));
+        assert!(FileAnswer::read(br#"{"fileId":"f","fileId":"g"}"#).is_none());
+        assert!(FileAnswer::read(br#"{"users":[]}"#)
+            .unwrap()
+            .file_ids
+            .is_empty());
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //!
 //! A reported date later than the gateway's now counts as now: the purge cannot have happened
 //! later than the answer reporting it, so everything fetched before now is dropped, and a
-//! skewed or bogus future date cannot keep the cache from storing anything until then.
+//! skewed or bogus future date cannot keep the cache from storing anything until then. The
+//! date itself is remembered as reported: the same future date reported again by every later
+//! session answer is not a new purge (counting it as "now" each time would empty the cache on
+//! every session).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -52,6 +55,8 @@ pub enum Advance {
 #[derive(Debug)]
 pub struct Watermark {
     at_us: AtomicI64,
+    /// The latest date reported, unclamped (upstream clock).
+    reported_us: AtomicI64,
     margin_us: i64,
 }
 
@@ -59,6 +64,7 @@ impl Watermark {
     pub fn new(margin: std::time::Duration) -> Self {
         Self {
             at_us: AtomicI64::new(i64::MIN),
+            reported_us: AtomicI64::new(i64::MIN),
             margin_us: micros(margin),
         }
     }
@@ -66,6 +72,9 @@ impl Watermark {
     /// Reports a purge date (microseconds on the upstream's clock) read at `now_us` (the
     /// gateway's); the watermark only moves forward, whatever order reports arrive in.
     pub fn report(&self, purge_us: i64, now_us: i64) -> Advance {
+        if purge_us <= self.reported_us.fetch_max(purge_us, Ordering::AcqRel) {
+            return Advance::Unchanged;
+        }
         let next = purge_us.min(now_us).saturating_add(self.margin_us);
         let prev = self.at_us.fetch_max(next, Ordering::AcqRel);
         if next <= prev {
@@ -125,6 +134,13 @@ mod tests {
         assert_eq!(w.get(), 5_000);
         assert!(w.purged(4_999));
         assert!(!w.purged(5_000), "answers fetched from now on are kept");
+        // The same future date reported again later is not a new purge.
+        assert_eq!(w.report(i64::MAX / 2, 9_000), Advance::Unchanged);
+        assert_eq!(w.get(), 5_000);
+        assert!(!w.purged(5_000));
+        // A later one is.
+        assert_eq!(w.report(i64::MAX / 2 + 1, 9_000), Advance::Moved);
+        assert_eq!(w.get(), 9_000);
     }
 
     #[test]

@@ -2,6 +2,14 @@
 //! it, exactly one server-side key is set. The key is a sensitive `HeaderValue`, so hyper and
 //! `http`'s `Debug` never print it.
 //!
+//! A request the key is attached to carries only what the gateway vouches for: its query
+//! string is dropped (the session endpoints take a JSON body and no query; the SDKs send none),
+//! and so are method-override headers (`X-HTTP-Method-Override` and kin: the upstream must not
+//! read the request as another method than the one the route table let through), and the
+//! client's own `X-Real-IP` and `Forwarded`. The client's `X-Forwarded-For` is dropped too
+//! unless proxies in front are trusted (`rate_limit.per_ip.trusted_hops` > 0): the forwarding
+//! layer then appends the peer to the chain they built.
+//!
 //! A key read from a file (a mounted Kubernetes Secret) is re-read when the file changes on
 //! disk (see [`crate::reload`]): the next request after a rotation already carries the new key.
 
@@ -11,22 +19,16 @@ use std::task::{Context, Poll};
 
 use futures_util::future::{self, Either, Ready};
 use http::header::HeaderName;
-use http::{HeaderValue, Request, Response};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use tower::{Layer, Service};
 
+use crate::config::shared::key_header;
 use crate::config::{ClientKeyPolicy, KeySource};
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
 use crate::reload::Reloading;
 
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// Builds the sensitive header value for a key, or says why it cannot be a header.
-pub fn header_value(key: &str) -> Result<HeaderValue, String> {
-    let mut v = HeaderValue::from_str(key)
-        .map_err(|_| "the key contains characters not allowed in a header".to_owned())?;
-    v.set_sensitive(true);
-    Ok(v)
-}
 
 /// The source of the injected key.
 #[derive(Debug)]
@@ -49,14 +51,14 @@ fn read_key(paths: &[PathBuf]) -> Result<HeaderValue, String> {
     if key.is_empty() {
         return Err(format!("api key file {} is empty", path.display()));
     }
-    header_value(key)
+    key_header(key)
 }
 
 impl ApiKey {
     /// Loads the key once; a missing or empty file fails start-up.
     pub fn load(source: &KeySource) -> Result<Self, String> {
         let inner = match source {
-            KeySource::Value(v) => Inner::Static(header_value(v)?),
+            KeySource::Value(v) => Inner::Static(key_header(v)?),
             KeySource::File(path) => {
                 Inner::File(Reloading::new("api key", vec![path.clone()], read_key)?)
             }
@@ -80,6 +82,7 @@ pub struct ApiKeyLayer {
     key: Arc<ApiKey>,
     policy: ClientKeyPolicy,
     inject: bool,
+    trusted_hops: usize,
 }
 
 impl ApiKeyLayer {
@@ -88,7 +91,43 @@ impl ApiKeyLayer {
             key,
             policy,
             inject,
+            trusted_hops: 0,
         }
+    }
+
+    /// Proxies in front whose `X-Forwarded-For` entries are trusted (0: none, the default).
+    pub fn trusting_hops(mut self, hops: usize) -> Self {
+        self.trusted_hops = hops;
+        self
+    }
+}
+
+/// Headers a key-injected request never carries from the client.
+static NOT_VOUCHED: [HeaderName; 5] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("forwarded"),
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Makes a request fit to carry the key (see the module doc).
+fn vouch(uri: &mut Uri, headers: &mut HeaderMap, trusted_hops: usize) {
+    for name in &NOT_VOUCHED {
+        headers.remove(name);
+    }
+    if trusted_hops == 0 {
+        headers.remove(&X_FORWARDED_FOR);
+    }
+    if uri.query().is_some() {
+        let mut parts = std::mem::take(uri).into_parts();
+        parts.path_and_query = parts
+            .path_and_query
+            .and_then(|pq| PathAndQuery::try_from(pq.path()).ok());
+        // Dropping the query from a valid URI leaves a valid URI.
+        *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
     }
 }
 
@@ -132,6 +171,9 @@ where
         headers.remove(&X_API_KEY);
         if self.layer.inject {
             headers.insert(X_API_KEY.clone(), self.layer.key.current());
+            let (mut parts, body) = req.into_parts();
+            vouch(&mut parts.uri, &mut parts.headers, self.layer.trusted_hops);
+            req = Request::from_parts(parts, body);
         }
         Either::Right(self.inner.call(req))
     }
@@ -168,6 +210,34 @@ mod tests {
         // An unreadable rotation keeps the last good key.
         std::fs::remove_file(&path).unwrap();
         assert_eq!(k.current(), "second");
+    }
+
+    #[test]
+    fn a_key_injected_request_keeps_only_what_the_gateway_vouches_for() {
+        use crate::test_util::headers;
+        let all = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("content-type", "application/json"),
+        ];
+        let mut uri: Uri = "/api/v3/sessions?userId=x&debug=1".parse().unwrap();
+        let mut h = headers(&all);
+        vouch(&mut uri, &mut h, 0);
+        assert_eq!(uri, "/api/v3/sessions");
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut uri: Uri = "http://gw/api/v5/sessions?a".parse().unwrap();
+        let mut h = headers(&all);
+        vouch(&mut uri, &mut h, 1);
+        assert_eq!(uri, "http://gw/api/v5/sessions");
+        assert_eq!(
+            h["x-forwarded-for"], "6.6.6.6",
+            "a trusted proxy's chain stays"
+        );
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Body limit: reads the request body once, bounded, before any policy sees it. The limit is
 //! enforced from `Content-Length` before a byte is read, and again while a chunked body streams,
 //! so an oversized body never sits in memory, and within a deadline of its own (408), so a slow
-//! client is not reported as a slow upstream. Session routes also require a JSON body as the
+//! client is not reported as a slow upstream. Within that deadline the body must also keep a
+//! minimum average data rate once a short grace has passed, so a client that declares a body and
+//! sends it a byte at a time (or never) is cut after the grace, not after the whole deadline.
+//! Session routes also require a JSON body as the
 //! upstream will read it: `application/json` in UTF-8, not content-encoded; any other charset or
 //! encoding would let the gateway validate other characters than the upstream decodes.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -24,6 +27,9 @@ pub struct BodyLayer {
     max: usize,
     read_timeout: Duration,
     require_json: bool,
+    /// Bytes per second a body must average after `grace`; 0 means no minimum.
+    min_rate: u64,
+    grace: Duration,
 }
 
 impl BodyLayer {
@@ -32,8 +38,68 @@ impl BodyLayer {
             max,
             read_timeout,
             require_json,
+            min_rate: 0,
+            grace: read_timeout,
         }
     }
+
+    /// After `grace`, a body must have arrived at `bytes_per_sec` on average, or it gets 408.
+    pub fn min_rate(mut self, bytes_per_sec: u64, grace: Duration) -> Self {
+        self.min_rate = bytes_per_sec;
+        self.grace = grace;
+        self
+    }
+
+    /// When a body of which `received` bytes have arrived since `start` is too slow.
+    fn deadline(&self, start: Instant, received: u64) -> Instant {
+        let hard = start + self.read_timeout;
+        if self.min_rate == 0 {
+            return hard;
+        }
+        let earned = Duration::from_millis(received.saturating_mul(1000) / self.min_rate);
+        hard.min(start + self.grace + earned)
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    TooSlow,
+    Broken,
+}
+
+/// Reads the whole body, at most `cfg.max` bytes, within [`BodyLayer::deadline`].
+async fn read<B>(body: B, cfg: &BodyLayer) -> Result<Bytes, ReadError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let body = Limited::new(body, cfg.max);
+    tokio::pin!(body);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0u64;
+    loop {
+        let deadline = cfg.deadline(start, received);
+        match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+            Err(_elapsed) => return Err(ReadError::TooSlow),
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => return Err(ReadError::TooLarge),
+            Ok(Some(Err(_))) => return Err(ReadError::Broken),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len() as u64;
+                    if !data.is_empty() {
+                        chunks.push(data);
+                    }
+                }
+            }
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
 impl<S> Layer<S> for BodyLayer {
@@ -126,15 +192,13 @@ where
                 return reject(ApiError::PayloadTooLarge { limit: cfg.max });
             }
             let (parts, body) = req.into_parts();
-            let read =
-                tokio::time::timeout(cfg.read_timeout, Limited::new(body, cfg.max).collect());
-            let bytes = match read.await {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            let bytes = match read(body, &cfg).await {
+                Ok(bytes) => bytes,
+                Err(ReadError::TooLarge) => {
                     return reject(ApiError::PayloadTooLarge { limit: cfg.max })
                 }
-                Err(_elapsed) => return reject(ApiError::RequestTimeout),
-                Ok(Err(_)) => {
+                Err(ReadError::TooSlow) => return reject(ApiError::RequestTimeout),
+                Err(ReadError::Broken) => {
                     return reject(ApiError::BadRequest(
                         "could not read the request body".into(),
                     ))
@@ -149,6 +213,22 @@ where
 mod tests {
     use super::*;
     use crate::test_util::headers;
+
+    #[test]
+    fn a_slow_body_earns_time_by_sending() {
+        let cfg = BodyLayer::new(100, Duration::from_secs(10), false)
+            .min_rate(1000, Duration::from_secs(2));
+        let t = Instant::now();
+        assert_eq!(cfg.deadline(t, 0), t + Duration::from_secs(2));
+        assert_eq!(cfg.deadline(t, 500), t + Duration::from_millis(2500));
+        assert_eq!(
+            cfg.deadline(t, 1 << 40),
+            t + Duration::from_secs(10),
+            "never past the cap"
+        );
+        let plain = BodyLayer::new(100, Duration::from_secs(10), false);
+        assert_eq!(plain.deadline(t, 0), t + Duration::from_secs(10));
+    }
 
     #[test]
     fn json_means_utf8_json() {

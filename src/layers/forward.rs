@@ -8,13 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_util::future::MapOk;
 use futures_util::TryFutureExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
-use http_body_util::Full;
 use tower::{Layer, Service};
 
 use crate::error::{Body, BoxError};
@@ -159,9 +157,10 @@ fn clean_response(mut res: Response<Body>) -> Response<Body> {
     res
 }
 
-impl<S> Service<Request<Bytes>> for Forward<S>
+impl<S, B> Service<Request<B>> for Forward<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    B: Into<Body>,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -171,7 +170,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         let base = &*self.base;
         let pq = parts
@@ -194,17 +193,21 @@ where
         // set or checked it.
         // The client's Host and framing headers describe the client's hop, not ours: Host names
         // the upstream (over HTTP/2 hyper sends `:authority`), and hyper sets Content-Length
-        // from the body.
+        // from a complete body. A streamed body keeps the client's Content-Length (hyper checks
+        // the stream against it); without one it goes chunked.
         match &base.host {
             Some(host) => headers.insert(header::HOST, host.clone()),
             None => headers.remove(header::HOST),
         };
-        headers.remove(header::CONTENT_LENGTH);
+        let body: Body = body.into();
+        if !body.is_stream() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         if let Some(client) = parts.extensions.get::<ClientAddr>() {
             append_forwarded_for(headers, &client.ip);
         }
         self.inner
-            .call(Request::from_parts(parts, Full::new(body)))
+            .call(Request::from_parts(parts, body))
             .map_ok(clean_response as fn(_) -> _)
     }
 }

@@ -3,8 +3,15 @@
 //! (stored, or teaching it about the token) on the way back, marked `MISS` or `BYPASS`.
 //!
 //! `GET /api/v3/sessions` and `DELETE /api/v4/sessions` pass through here too: their answers
-//! prove, or forget, the caller's token, and the former reports `lastCachePurge` (so its
-//! `accept-encoding` is dropped: the gateway must read that answer, a few bytes long).
+//! prove, or forget, the caller's token (or, for an admin's `?userId=`, every token of that
+//! user; `DELETE /api/v4/sessions/users/{U}` is read the same way when the route table sends
+//! it here as [`Route::Logout`]), and the former reports `lastCachePurge` (so its
+//! `accept-encoding` is dropped: the gateway must read that answer, a few bytes long). These
+//! are read to the end in a task of their own, so a client that goes away cannot keep the
+//! gateway from learning what the upstream did.
+//!
+//! A lookup that may fill the cache is forwarded with only the headers the key accounts for
+//! ([`crate::cache::policy::FILL_HEADERS`]), and never with a body.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,13 +24,49 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::cache::{Decision, LookupCache, Pending};
+use crate::cache::{policy, Decision, LookupCache, Pending};
 use crate::error::{Body, BoxError};
 use crate::routes::Route;
 
 /// Learns from a forwarded request's answer before it goes back to the client.
 pub trait OnResponse {
     fn on_response(self, res: &mut Response<Body>);
+
+    /// No answer came (an upstream error).
+    fn on_error(self)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+/// A forwarded request run to its end whatever happens to the client's side.
+pub type Detached = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+/// Runs `inner` in a task of its own and applies `ctx` to its outcome there: dropping the
+/// returned future (the client went away, the request timed out) leaves the task running, so
+/// the answer is still read to the end and learnt from. Outside a tokio runtime (never the
+/// case when serving) it runs in place.
+pub fn detached<F, C>(inner: F, ctx: C) -> Detached
+where
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+    C: OnResponse + Send + 'static,
+{
+    let run = async move {
+        let mut out = inner.await;
+        match &mut out {
+            Ok(res) => ctx.on_response(res),
+            Err(_) => ctx.on_error(),
+        }
+        out
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let task = rt.spawn(run);
+            Box::pin(async move { task.await.map_err(BoxError::from)? })
+        }
+        Err(_) => Box::pin(run),
+    }
 }
 
 pin_project! {
@@ -51,8 +94,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut out = futures_util::ready!(this.inner.poll(cx));
-        if let (Ok(res), Some(ctx)) = (&mut out, this.ctx.take()) {
-            ctx.on_response(res);
+        if let Some(ctx) = this.ctx.take() {
+            match &mut out {
+                Ok(res) => ctx.on_response(res),
+                Err(_) => ctx.on_error(),
+            }
         }
         Poll::Ready(out)
     }
@@ -61,6 +107,10 @@ where
 impl OnResponse for (Arc<LookupCache>, Pending) {
     fn on_response(self, res: &mut Response<Body>) {
         self.0.finish(self.1, res);
+    }
+
+    fn on_error(self) {
+        self.0.abandon(self.1);
     }
 }
 
@@ -96,10 +146,13 @@ type Forwarded<F> = OnResponseFuture<F, (Arc<LookupCache>, Pending)>;
 impl<S, B> Service<Request<B>> for LookupCacheService<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+    B: AsRef<[u8]>,
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Either<Ready<Result<Response<Body>, BoxError>>, Forwarded<S::Future>>;
+    type Future =
+        Either<Ready<Result<Response<Body>, BoxError>>, Either<Forwarded<S::Future>, Detached>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -107,17 +160,28 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(&route) = req.extensions().get::<Route>() else {
-            return Either::Right(OnResponseFuture::new(self.inner.call(req), None));
+            return Either::Right(Either::Left(OnResponseFuture::new(
+                self.inner.call(req),
+                None,
+            )));
         };
         if route == Route::VerifySession && self.cache.enabled() {
             req.headers_mut().remove(ACCEPT_ENCODING);
         }
-        match self.cache.decide(route, req.uri(), req.headers()) {
+        let has_body = !req.body().as_ref().is_empty();
+        match self.cache.decide(route, req.uri(), req.headers(), has_body) {
             Decision::Hit(res) => Either::Left(future::ready(Ok(res))),
-            Decision::Forward(pending) => Either::Right(OnResponseFuture::new(
-                self.inner.call(req),
-                Some((self.cache.clone(), pending)),
-            )),
+            Decision::Forward(pending) => {
+                if pending.fills() {
+                    policy::keep_fill_headers(req.headers_mut());
+                }
+                let ctx = (self.cache.clone(), pending);
+                Either::Right(if ctx.1.must_finish() {
+                    Either::Right(detached(self.inner.call(req), ctx))
+                } else {
+                    Either::Left(OnResponseFuture::new(self.inner.call(req), Some(ctx)))
+                })
+            }
         }
     }
 }

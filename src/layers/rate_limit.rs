@@ -248,13 +248,14 @@ fn forwarded_ip(
     if trusted_hops == 0 {
         return peer_ip;
     }
+    // Split as bytes: one byte outside visible ASCII spoils its own entry (which then counts
+    // as not an address), never the whole header and the entries the trusted proxies added.
     let entries = || {
         headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
             .filter(|e| !e.is_empty())
     };
     let count = entries().count();
@@ -263,6 +264,7 @@ fn forwarded_ip(
     }
     entries()
         .nth(count.saturating_sub(trusted_hops))
+        .and_then(|e| std::str::from_utf8(e).ok())
         .and_then(parse_addr)
         .or(peer_ip)
 }
@@ -291,6 +293,22 @@ mod tests {
             h.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn one_odd_byte_spoils_only_its_own_forwarded_for_entry() {
+        let peer = Some(SocketAddr::new("10.0.0.1".parse().unwrap(), 1));
+        let mut h = HeaderMap::new();
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"caf\xe9, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(
+            client_ip(&h, peer, 1),
+            Some("203.0.113.7".parse().unwrap()),
+            "the proxy's entry beside the odd one is still read"
+        );
+        assert_eq!(client_ip(&h, peer, 2), Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -359,7 +377,7 @@ mod tests {
     fn session(device: &str) -> Request<Bytes> {
         let mut req = Request::new(Bytes::new());
         req.extensions_mut().insert(SessionFacts {
-            user_id: "u".into(),
+            user_id: Some("u".into()),
             device_id: device.into(),
         });
         req

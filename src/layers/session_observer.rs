@@ -4,6 +4,10 @@
 //! unchanged. Sits below validation (the request's [`SessionFacts`] are known) and below key
 //! injection: the injected `x-api-key` names the network the issued token belongs to.
 //!
+//! The answer is read to the end in a task of its own ([`detached`]): a client that goes away,
+//! or a request timeout, must not keep the gateway from learning the token that retired the
+//! device's older one.
+//!
 //! The request's `accept-encoding` is dropped so the upstream answers uncompressed: the gateway
 //! must read the answer, and a session answer is a few kilobytes at most.
 
@@ -15,7 +19,9 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::api_key::X_API_KEY;
-use super::lookup_cache::{OnResponse, OnResponseFuture};
+use futures_util::future::Either;
+
+use super::lookup_cache::{detached, Detached, OnResponse};
 use crate::cache::{LookupCache, SessionPending};
 use crate::error::{Body, BoxError};
 use crate::session::SessionFacts;
@@ -56,10 +62,11 @@ impl OnResponse for (Arc<LookupCache>, SessionPending) {
 impl<S, B> Service<Request<B>> for SessionObserver<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = OnResponseFuture<S::Future, (Arc<LookupCache>, SessionPending)>;
+    type Future = Either<S::Future, Detached>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -72,14 +79,16 @@ where
             let key = req.headers().get(&X_API_KEY);
             let facts = req.extensions().get::<SessionFacts>();
             key.zip(facts)
-                .and_then(|(key, f)| cache.session(key, &f.user_id, &f.device_id))
+                .and_then(|(key, f)| cache.session(key, f.user_id.as_deref(), &f.device_id))
         } else {
             None
         };
-        if pending.is_some() {
-            req.headers_mut().remove(ACCEPT_ENCODING);
+        match pending {
+            Some(p) => {
+                req.headers_mut().remove(ACCEPT_ENCODING);
+                Either::Right(detached(self.inner.call(req), (cache.clone(), p)))
+            }
+            None => Either::Left(self.inner.call(req)),
         }
-        let ctx = pending.map(|p| (cache.clone(), p));
-        OnResponseFuture::new(self.inner.call(req), ctx)
     }
 }

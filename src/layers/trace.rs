@@ -5,6 +5,10 @@
 //! minted otherwise; it is forwarded upstream and returned to the client. The access log has
 //! method, route label, status, durations and decisions, never a header value, body or token.
 //!
+//! A request dropped before it had a response (its client went away: hyper drops the future)
+//! is still logged and counted, with status 499 (the client closed the request, as nginx
+//! writes it): a key-injected request the upstream may have acted on never goes unrecorded.
+//!
 //! The per-request span is at debug level: at info it would cost more than the rest of the
 //! logging together (a span record, its fields formatted, entered on every poll). Warnings
 //! about one request carry its id as a field instead (see the rescue layer).
@@ -26,7 +30,7 @@ use tracing::Instrument;
 use crate::error::Body;
 use crate::logging::access::AccessLine;
 use crate::logging::AccessLog;
-use crate::routes::{Route, UNMATCHED};
+use crate::routes::{Route, RouteLabel, RouteTable};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -63,7 +67,7 @@ impl Outcome {
 /// What one finished request reports to observers (metrics).
 #[derive(Debug, Clone, Copy)]
 pub struct Finished<'a> {
-    pub route: &'static str,
+    pub route: RouteLabel,
     pub method: &'a Method,
     pub status: u16,
     pub secs: f64,
@@ -71,13 +75,15 @@ pub struct Finished<'a> {
 }
 
 /// Observes requests as they start and finish (the metrics layer hooks in here). Every
-/// `started` is followed by exactly one `finished` or `cancelled`.
+/// `started` is followed by exactly one `finished`, with status [`CLIENT_CLOSED`] when the
+/// request was dropped before it had a response.
 pub trait Observer: Send + Sync + 'static {
     fn started(&self) {}
     fn finished(&self, _f: &Finished<'_>) {}
-    /// The request was dropped before it had a response (the client went away).
-    fn cancelled(&self) {}
 }
+
+/// The status logged and counted for a request whose client went away before its response.
+pub const CLIENT_CLOSED: u16 = 499;
 
 impl Observer for () {}
 
@@ -85,14 +91,18 @@ impl Observer for () {}
 pub struct TraceLayer {
     observer: Arc<dyn Observer>,
     access: AccessLog,
+    routes: Arc<RouteTable>,
 }
 
 impl TraceLayer {
-    /// Access lines as `tracing` events unless [`TraceLayer::access`] says otherwise.
-    pub fn new(observer: Arc<dyn Observer>) -> Self {
+    /// Access lines as `tracing` events unless [`TraceLayer::access`] says otherwise. The
+    /// table is matched here, once per request: the label names the request in the access
+    /// line and metrics, and the match travels on to the router in the extensions.
+    pub fn new(observer: Arc<dyn Observer>, routes: Arc<RouteTable>) -> Self {
         Self {
             observer,
             access: AccessLog::Event,
+            routes,
         }
     }
 
@@ -109,6 +119,7 @@ impl<S> Layer<S> for TraceLayer {
             inner,
             observer: self.observer.clone(),
             access: self.access,
+            routes: self.routes.clone(),
         }
     }
 }
@@ -118,6 +129,7 @@ pub struct Trace<S> {
     inner: S,
     observer: Arc<dyn Observer>,
     access: AccessLog,
+    routes: Arc<RouteTable>,
 }
 
 fn acceptable_id(v: &HeaderValue) -> bool {
@@ -144,7 +156,9 @@ pin_project! {
         start: Instant,
         id: HeaderValue,
         method: Method,
-        route: &'static str,
+        route: RouteLabel,
+        // Pass routes: the path for the access line (the query never).
+        path: Option<http::uri::PathAndQuery>,
         observer: Arc<dyn Observer>,
         access: AccessLog,
         finished: bool,
@@ -154,7 +168,28 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !*this.finished {
-                this.observer.cancelled();
+                let elapsed = this.start.elapsed();
+                access_line(
+                    *this.access,
+                    &AccessLine {
+                        request_id: id_field(this.id),
+                        method: this.method.as_str(),
+                        route: this.route.name(),
+                        path: this.path.as_ref().map(|p| p.path()),
+                        status: CLIENT_CLOSED,
+                        duration: elapsed,
+                        upstream: None,
+                        rate_limit: "none",
+                        cache: "none",
+                    },
+                );
+                this.observer.finished(&Finished {
+                    route: *this.route,
+                    method: this.method,
+                    status: CLIENT_CLOSED,
+                    secs: elapsed.as_secs_f64(),
+                    outcome: Outcome::default(),
+                });
             }
         }
     }
@@ -180,6 +215,7 @@ fn access_line(access: AccessLog, line: &AccessLine<'_>) {
             request_id = line.request_id,
             method = line.method,
             route = line.route,
+            path = line.path,
             status = line.status,
             duration_ms = line.duration.as_secs_f64() * 1e3,
             upstream_ms = line.upstream.map(|d| d.as_secs_f64() * 1e3),
@@ -212,7 +248,8 @@ where
             &AccessLine {
                 request_id: id_field(this.id),
                 method: this.method.as_str(),
-                route: this.route,
+                route: this.route.name(),
+                path: this.path.as_ref().map(|p| p.path()),
                 status,
                 duration: elapsed,
                 upstream: outcome.upstream,
@@ -222,7 +259,7 @@ where
         );
         *this.finished = true;
         this.observer.finished(&Finished {
-            route: this.route,
+            route: *this.route,
             method: this.method,
             status,
             secs,
@@ -257,11 +294,19 @@ where
                 v
             }
         };
-        let route =
-            Route::recognize(req.method(), req.uri().path()).map_or(UNMATCHED, Route::label);
+        let matched = self.routes.matches(req.method(), req.uri().path());
+        let route = matched.map_or(RouteLabel::UNMATCHED, |m| m.label);
+        let path = match matched {
+            Some(m) if m.route == Route::Pass => req.uri().path_and_query().cloned(),
+            _ => None,
+        };
+        if let Some(m) = matched {
+            req.extensions_mut().insert(m);
+        }
         let method = req.method().clone();
         req.extensions_mut().insert(RequestId(id.clone()));
-        let span = tracing::debug_span!("request", request_id = id_field(&id), route);
+        let span =
+            tracing::debug_span!("request", request_id = id_field(&id), route = route.name());
         let inner = span.in_scope(|| self.inner.call(req)).instrument(span);
         TraceFuture {
             inner,
@@ -269,6 +314,7 @@ where
             id,
             method,
             route,
+            path,
             observer: self.observer.clone(),
             access: self.access,
             finished: false,

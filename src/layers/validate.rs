@@ -11,11 +11,11 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
-use crate::routes::Route;
-use crate::session::{self, ApiVersion, Rules};
+use crate::routes::{Matched, Route, RouteLabel};
+use crate::session::{self, ApiVersion, Rules, Schema};
 
 /// Called with each rejected body, e.g. to count failures per field.
-pub type OnReject = Arc<dyn Fn(Route, &ApiError) + Send + Sync>;
+pub type OnReject = Arc<dyn Fn(RouteLabel, &ApiError) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct ValidateLayer {
@@ -66,20 +66,24 @@ where
     }
 
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
-        let route = req.extensions().get::<Route>().copied();
-        let version = match route {
-            Some(Route::Session(v)) => v,
+        let schema = match req.extensions().get::<Route>() {
+            Some(Route::VisitorSession) => Schema::Visitor,
+            Some(Route::Session(v)) => Schema::Session(*v),
             // Only session routes carry this layer; anything else is a wiring bug.
-            _ => ApiVersion::V3,
+            _ => Schema::Session(ApiVersion::V3),
         };
-        match session::validate(version, req.body(), &self.layer.rules) {
+        match session::validate(schema, req.body(), &self.layer.rules) {
             Ok(facts) => {
                 req.extensions_mut().insert(facts);
                 Either::Right(self.inner.call(req))
             }
             Err(err) => {
-                if let (Some(f), Some(route)) = (&self.layer.on_reject, route) {
-                    f(route, &err);
+                if let Some(f) = &self.layer.on_reject {
+                    let label = req
+                        .extensions()
+                        .get::<Matched>()
+                        .map_or(RouteLabel::UNMATCHED, |m| m.label);
+                    f(label, &err);
                 }
                 let res = err.to_response(ErrorFormat::from_headers(req.headers()));
                 Either::Left(future::ready(Ok(res)))

@@ -17,6 +17,8 @@ pub struct AccessLine<'a> {
     pub request_id: &'a str,
     pub method: &'a str,
     pub route: &'a str,
+    /// Pass routes: the path, never its query (tokens travel in queries, e.g. `/socket.io/?token=`).
+    pub path: Option<&'a str>,
     pub status: u16,
     /// Written as `duration_ms` with three decimals.
     pub duration: Duration,
@@ -119,6 +121,10 @@ impl AccessLine<'_> {
         push_str(out, self.method);
         out.extend_from_slice(b",\"route\":");
         push_str(out, self.route);
+        if let Some(path) = self.path {
+            out.extend_from_slice(b",\"path\":");
+            push_str(out, path);
+        }
         out.extend_from_slice(b",\"status\":");
         push_uint(out, u64::from(self.status));
         out.extend_from_slice(b",\"duration_ms\":");
@@ -160,6 +166,7 @@ mod tests {
             request_id: "a\"b\\c\u{1}",
             method: "POST",
             route: "session_v3",
+            path: None,
             status: 200,
             duration: Duration::from_micros(125),
             upstream: Some(Duration::from_micros(100)),

@@ -7,7 +7,8 @@
 
 use http::Method;
 
-use crate::routes::{Route, UNMATCHED};
+use crate::routes::label::MAX_LABELS;
+use crate::routes::RouteLabel;
 
 /// Defines a closed set of label values: an enum with `ALL`, `label()` and `slot()`.
 macro_rules! label_set {
@@ -53,26 +54,12 @@ impl UpstreamErrorKind {
 
 // ------------------------------------------------------------------ routes
 
-/// Route slots: one per entry of [`Route::ALL`], then one shared by every unmatched request.
-pub(crate) const ROUTES: usize = Route::ALL.len() + 1;
-
-pub(crate) fn route_slot(route: Route) -> usize {
-    Route::ALL
-        .iter()
-        .position(|r| *r == route)
-        .unwrap_or(ROUTES - 1)
-}
-
-/// The slot of a route label as the trace layer reports it; unknown labels count as unmatched.
-pub(crate) fn route_label_slot(label: &str) -> usize {
-    Route::ALL
-        .iter()
-        .position(|r| r.label() == label)
-        .unwrap_or(ROUTES - 1)
-}
+/// Route slots: one per route name (see [`RouteLabel`]), then one shared by every unmatched
+/// request.
+pub(crate) const ROUTES: usize = MAX_LABELS + 1;
 
 pub(crate) fn route_label(slot: usize) -> &'static str {
-    Route::ALL.get(slot).map_or(UNMATCHED, |r| r.label())
+    RouteLabel::of_slot(slot)
 }
 
 // ------------------------------------------------------------------ methods
@@ -213,14 +200,13 @@ mod tests {
 
     #[test]
     fn routes_have_slots_and_unmatched_shares_the_last() {
-        for (i, r) in Route::ALL.iter().enumerate() {
-            assert_eq!(route_slot(*r), i);
-            assert_eq!(route_label_slot(r.label()), i);
-            assert_eq!(route_label(i), r.label());
+        let table = crate::routes::RouteTable::defaults(std::time::Duration::from_secs(1)).unwrap();
+        for e in table.entries() {
+            assert!(e.label.slot() < ROUTES - 1);
+            assert_eq!(route_label(e.label.slot()), e.label.name());
         }
-        assert_eq!(route_label_slot(UNMATCHED), ROUTES - 1);
-        assert_eq!(route_label_slot("/api/v3/users/u-1"), ROUTES - 1);
-        assert_eq!(route_label(ROUTES - 1), UNMATCHED);
+        assert_eq!(RouteLabel::UNMATCHED.slot(), ROUTES - 1);
+        assert_eq!(route_label(ROUTES - 1), crate::routes::UNMATCHED);
     }
 
     #[test]

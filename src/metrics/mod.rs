@@ -16,8 +16,15 @@
 //! | `gateway_cache_shared_facts_total` | counter | `direction`: published, applied |
 //! | `gateway_cache_shared_resets_total` | counter | |
 //! | `gateway_inflight_requests` | gauge | |
+//! | `gateway_refusals_total` | counter | `reason`: concurrency, streams, connections, connections_per_ip |
+//! | `gateway_accept_errors_total` | counter | |
 //! | `gateway_draining` | gauge | 1 once shutdown has begun |
+//! | `gateway_tunnels_open` | gauge | websocket tunnels open on pass routes |
+//! | `gateway_tunnels_total` | counter | websocket tunnels opened |
+//! | `gateway_stream_idle_closes_total` | counter | `kind` (`body`, `tunnel`) |
 //! | `gateway_build_info` | gauge (always 1) | `version` |
+//! | `gateway_config_reloads_total` | counter | `result`: ok, error |
+//! | `gateway_config_info` | gauge (always 1) | `hash`: of the configuration in use |
 //! | `process_*` | standard process metrics (CPU, memory, open fds, start time) | |
 //!
 //! Every label value comes from a closed set ([`labels`]) or the route table; requests that
@@ -31,7 +38,8 @@
 mod children;
 pub mod labels;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -40,14 +48,16 @@ use prometheus::{
 };
 
 use crate::cache::key::Kind;
-use crate::cache::stats::{CacheResult, CacheStats};
+use crate::cache::stats::CacheResult;
 use crate::cache::LookupCache;
 use crate::error::{ApiError, BoxError, GatewayError};
+use crate::layers::admission::{Refusal, Refusals};
+use crate::layers::pass::{StreamCounts, StreamStats};
 use crate::layers::rescue::OnError;
 use crate::layers::trace::{Finished, Observer};
 use crate::layers::validate::OnReject;
 use crate::ratelimit::{BackendKind, RateLimitStats, Verdict};
-use crate::routes::Route;
+use crate::routes::RouteLabel;
 use crate::server::{Health, MetricsRender};
 use children::Children;
 use labels::*;
@@ -76,18 +86,57 @@ pub struct Metrics {
     upstream_duration: Children<HistogramVec>,
     upstream_errors: Vec<IntCounter>,
     validation: Children<IntCounterVec>,
-    rate_limit: Vec<IntCounter>,
-    rate_limit_backend_errors: IntCounter,
-    cache_requests: Vec<IntCounter>,
+    rate_limit: Vec<Mirror>,
+    rate_limit_backend_errors: Mirror,
+    cache_requests: Vec<Mirror>,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
-    cache_purges: IntCounter,
+    cache_purges: Mirror,
     cache_shared_synced: IntGauge,
-    cache_shared_facts: [IntCounter; 2],
-    cache_shared_resets: IntCounter,
+    cache_shared_facts: [Mirror; 2],
+    cache_shared_resets: Mirror,
     inflight: IntGauge,
     draining: IntGauge,
+    tunnels_open: IntGauge,
+    tunnels: Mirror,
+    idle_closes: Vec<Mirror>,
+    config_reloads: Vec<IntCounter>,
+    config_info: IntGaugeVec,
+    /// Held while the mirrors are brought up to their sources, and while a reload swaps
+    /// those sources, so that no scrape reads a retired source after its mirrors were reset.
+    syncing: Mutex<()>,
+    refusal_counts: Vec<Mirror>,
+    accept_errors: Mirror,
+    refusals: Arc<Refusals>,
 }
+
+/// A counter that mirrors a count kept elsewhere (the cache's, the limiter's), brought up to it
+/// at each scrape. It remembers the count it last saw, so a source replaced by a configuration
+/// reload (counting again from zero) continues the counter instead of stalling it.
+struct Mirror {
+    counter: IntCounter,
+    seen: AtomicU64,
+}
+
+impl Mirror {
+    fn new(counter: IntCounter) -> Self {
+        Self {
+            counter,
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds what the source counted since the last look; a total below the last one is a new
+    /// source, all of whose count is new.
+    fn follow(&self, total: u64) {
+        let last = self.seen.swap(total, Ordering::Relaxed);
+        self.counter
+            .inc_by(if total >= last { total - last } else { total });
+    }
+}
+
+/// `kind` of `gateway_stream_idle_closes_total`.
+const IDLE_KINDS: [&str; 2] = ["body", "tunnel"];
 
 /// Registers collectors and remembers their family names.
 struct Register {
@@ -212,6 +261,41 @@ impl Metrics {
             "gateway_draining",
             "1 once shutdown has begun: the listener is closed and in-flight requests are finishing.",
         )?)?;
+        let tunnels_open = reg.add(IntGauge::new(
+            "gateway_tunnels_open",
+            "Websocket tunnels open on pass routes.",
+        )?)?;
+        let tunnels = reg.add(IntCounter::new(
+            "gateway_tunnels_total",
+            "Websocket tunnels opened on pass routes.",
+        )?)?;
+        let idle_closes = reg.add(counter_vec(
+            "gateway_stream_idle_closes_total",
+            "Pass-route streams closed for moving no byte within their idle timeout, by kind (body: a request or answer body; tunnel: a websocket).",
+            &["kind"],
+        )?)?;
+        let idle_closes = eager(&idle_closes, &IDLE_KINDS, &[()], |k, ()| vec![k])?;
+        let config_reloads = reg.add(counter_vec(
+            "gateway_config_reloads_total",
+            "Configuration reloads (SIGHUP or the file changing on disk), by result: ok, or error (the running configuration kept).",
+            &["result"],
+        )?)?;
+        let config_info = reg.add(IntGaugeVec::new(
+            Opts::new(
+                "gateway_config_info",
+                "Always 1; `hash` names the configuration in use (the start of the SHA-256 of `check-config`'s output).",
+            ),
+            &["hash"],
+)?)?;
+        let refusal_counts = reg.add(counter_vec(
+            "gateway_refusals_total",
+            "Work refused before it started, by reason: concurrency (no upstream slot, 503), streams (an HTTP/2 connection's request cap, 503), connections and connections_per_ip (closed at accept).",
+            &["reason"],
+        )?)?;
+        let accept_errors = reg.add(IntCounter::new(
+            "gateway_accept_errors_total",
+            "Accepts that failed (out of file descriptors and the like); the listener backs off and goes on.",
+        )?)?;
         let build_info = reg.add(IntGaugeVec::new(
             Opts::new(
                 "gateway_build_info",
@@ -236,6 +320,10 @@ impl Metrics {
         let cache_requests = eager(&cache_requests, &Kind::ALL, &CacheResult::ALL, |c, r| {
             vec![c.label(), r.label()]
         })?;
+        let config_reloads = eager(&config_reloads, &["ok", "error"], &[()], |r, ()| vec![r])?;
+        let refusal_counts = eager(&refusal_counts, &Refusal::ALL, &[()], |r, ()| {
+            vec![r.label()]
+        })?;
         let cache_entries = cache_entries.get_metric_with_label_values(&[LOOKUP_STORE])?;
         let cache_bytes = cache_bytes.get_metric_with_label_values(&[LOOKUP_STORE])?;
         let cache_shared_facts = [
@@ -251,18 +339,39 @@ impl Metrics {
             upstream_duration: Children::new(upstream_duration, ROUTES),
             upstream_errors,
             validation: Children::new(validation, ROUTES * FIELD_SLOTS),
-            rate_limit,
-            rate_limit_backend_errors,
-            cache_requests,
+            rate_limit: rate_limit.into_iter().map(Mirror::new).collect(),
+            rate_limit_backend_errors: Mirror::new(rate_limit_backend_errors),
+            cache_requests: cache_requests.into_iter().map(Mirror::new).collect(),
             cache_entries,
             cache_bytes,
-            cache_purges,
+            cache_purges: Mirror::new(cache_purges),
             cache_shared_synced,
-            cache_shared_facts,
-            cache_shared_resets,
+            cache_shared_facts: cache_shared_facts.map(Mirror::new),
+            cache_shared_resets: Mirror::new(cache_shared_resets),
             inflight,
             draining,
+            tunnels_open,
+            tunnels: Mirror::new(tunnels),
+            idle_closes: idle_closes.into_iter().map(Mirror::new).collect(),
+            config_reloads,
+            config_info,
+            syncing: Mutex::new(()),
+            refusal_counts: refusal_counts.into_iter().map(Mirror::new).collect(),
+            accept_errors: Mirror::new(accept_errors),
+            refusals: Arc::new(Refusals::default()),
         })
+    }
+
+    /// The counters the listener and the admission layer add to; copied in at each scrape.
+    pub fn refusals(&self) -> Arc<Refusals> {
+        self.refusals.clone()
+    }
+
+    fn sync_refusals(&self) {
+        for (why, c) in Refusal::ALL.iter().zip(&self.refusal_counts) {
+            c.follow(self.refusals.count(*why));
+        }
+        self.accept_errors.follow(self.refusals.accept_errors());
     }
 
     /// Names of every registered family (histograms without their `_bucket`/`_sum`/`_count`
@@ -285,23 +394,83 @@ impl Metrics {
     }
 
     /// The `/metrics` renderer. The draining gauge is read from `health` at each scrape, so it
-    /// can never disagree with `/readyz`.
+    /// can never disagree with `/readyz`. `parts` names the cache and the limiter in use at
+    /// the time of the scrape (a configuration reload may have replaced them).
     pub fn render(
         self: &Arc<Self>,
         health: Arc<Health>,
-        cache: Arc<LookupCache>,
-        rate_limit: Option<Arc<RateLimitStats>>,
+        parts: impl Fn() -> (Arc<LookupCache>, Option<Arc<RateLimitStats>>) + Send + Sync + 'static,
+        streams: Arc<StreamStats>,
     ) -> MetricsRender {
         let m = self.clone();
         Arc::new(move || {
             m.draining.set(i64::from(!health.ready()));
-            if let Some(stats) = &rate_limit {
-                m.sync_rate_limit(stats);
+            m.sync_refusals();
+            m.sync_streams(&streams.snapshot());
+            {
+                let _syncing = m.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+                let (cache, rate_limit) = parts();
+                if let Some(stats) = &rate_limit {
+                    m.sync_rate_limit(stats);
+                }
+                m.sync_cache(&cache);
             }
-            cache.sync();
-            m.sync_cache(&cache.stats());
             m.encode()
         })
+    }
+
+    fn sync_streams(&self, s: &StreamCounts) {
+        self.tunnels_open.set(s.tunnels_open);
+        self.tunnels.follow(s.tunnels);
+        if let [bodies, tunnels] = &self.idle_closes[..] {
+            bodies.follow(s.idle_bodies);
+            tunnels.follow(s.idle_tunnels);
+        }
+    }
+
+    /// A reload replaces the cache (`cache`, the retiring one) or the limiter (`rate_limit`'s):
+    /// their last counts are taken, the mirrors start again from zero for the new ones, and
+    /// `swap` puts the new ones in place, all before any scrape can look. Requests still in
+    /// flight on a retired part are not counted.
+    pub fn replace_parts(
+        &self,
+        cache: Option<&LookupCache>,
+        rate_limit: Option<&RateLimitStats>,
+        swap: impl FnOnce(),
+    ) {
+        let _syncing = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stats) = rate_limit {
+            self.sync_rate_limit(stats);
+            for m in self
+                .rate_limit
+                .iter()
+                .chain([&self.rate_limit_backend_errors])
+            {
+                m.seen.store(0, Ordering::Relaxed);
+            }
+        }
+        if let Some(cache) = cache {
+            self.sync_cache(cache);
+            for m in self.cache_requests.iter().chain([&self.cache_purges]) {
+                m.seen.store(0, Ordering::Relaxed);
+            }
+        }
+        swap();
+    }
+
+    /// Counts a configuration reload: applied, or refused with the running one kept.
+    pub fn config_reloaded(&self, ok: bool) {
+        if let Some(c) = self.config_reloads.get(usize::from(!ok)) {
+            c.inc();
+        }
+    }
+
+    /// Names the configuration in use in `gateway_config_info`, in place of the previous one.
+    pub fn config_in_use(&self, hash: &str) {
+        self.config_info.reset();
+        if let Ok(g) = self.config_info.get_metric_with_label_values(&[hash]) {
+            g.set(1);
+        }
     }
 
     /// Hook for `ValidateLayer::on_reject`: counts each rejected field once per request.
@@ -316,8 +485,8 @@ impl Metrics {
         Arc::new(move |err| m.rescued(err))
     }
 
-    fn validation_failed(&self, route: Route, err: &ApiError) {
-        let route = route_slot(route);
+    fn validation_failed(&self, route: RouteLabel, err: &ApiError) {
+        let route = route.slot();
         let mut seen = 0u32;
         let mut count = |field: usize| {
             if seen & (1 << field) == 0 {
@@ -363,28 +532,31 @@ impl Metrics {
             for verdict in Verdict::ALL {
                 if let Some(c) = self.rate_limit.get(slot) {
                     if backend == stats.backend() {
-                        advance(c, stats.decisions(verdict));
+                        c.follow(stats.decisions(verdict));
                     }
                 }
                 slot += 1;
             }
         }
-        advance(&self.rate_limit_backend_errors, stats.backend_errors());
+        self.rate_limit_backend_errors
+            .follow(stats.backend_errors());
     }
 
     /// Brings the cache families up to the cache's own counters. Called at scrape time, so the
     /// request path counts each lookup once, in the cache, and nowhere else.
-    pub fn sync_cache(&self, stats: &CacheStats) {
+    pub fn sync_cache(&self, cache: &LookupCache) {
+        cache.sync();
+        let stats = &cache.stats();
         let mut slot = 0;
         for kind in Kind::ALL {
             for result in CacheResult::ALL {
                 if let Some(c) = self.cache_requests.get(slot) {
-                    advance(c, stats.requests(kind, result));
+                    c.follow(stats.requests(kind, result));
                 }
                 slot += 1;
             }
         }
-        advance(&self.cache_purges, stats.purges);
+        self.cache_purges.follow(stats.purges);
         self.cache_entries
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         self.cache_bytes
@@ -392,17 +564,9 @@ impl Metrics {
         let shared = stats.shared.unwrap_or_default();
         self.cache_shared_synced.set(i64::from(shared.synced));
         let [published, applied] = &self.cache_shared_facts;
-        advance(published, shared.published);
-        advance(applied, shared.applied);
-        advance(&self.cache_shared_resets, shared.resets);
-    }
-}
-
-/// Moves a counter forward to `total` (counters only go up; a lower total is ignored).
-fn advance(c: &IntCounter, total: u64) {
-    let now = c.get();
-    if total > now {
-        c.inc_by(total - now);
+        published.follow(shared.published);
+        applied.follow(shared.applied);
+        self.cache_shared_resets.follow(shared.resets);
     }
 }
 
@@ -413,7 +577,7 @@ impl Observer for Metrics {
 
     fn finished(&self, f: &Finished<'_>) {
         self.inflight.dec();
-        let route = route_label_slot(f.route);
+        let route = f.route.slot();
         let method = method_slot(f.method);
         match status_slot(f.status) {
             Some(status) => {
@@ -439,10 +603,6 @@ impl Observer for Metrics {
                 h.observe(took.as_secs_f64());
             }
         }
-    }
-
-    fn cancelled(&self) {
-        self.inflight.dec();
     }
 }
 

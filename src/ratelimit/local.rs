@@ -65,9 +65,14 @@
 //! the previous window check its number before and after reading, so a sketch being cleared is
 //! read as empty.
 //!
-//! A request is counted in the current window first and the increment's own result decides, so
-//! of two racing requests for a key's last unit exactly one is admitted; a refused request takes
-//! its count back at once, so refusals consume no budget. (Counting first makes the common,
+//! A request is counted in the current window first and the increment's own result decides; a
+//! refused request takes its count back at once, so refusals consume no budget. The increment
+//! goes row by row, and a key's count is its least row, so racing requests for a key's last
+//! unit can each be first in a different row and each read the count as fitting: a burst of
+//! racing requests at the limit admits at most `min(worker threads, sketch_hashes) − 1` more
+//! than the limit (one more per extra thread, 3 at most with the default 4 rows). Closing that
+//! gap would take a lock or a compare-and-swap over every row per request; one extra session
+//! per thread at the limit does not pay for it. (Counting first makes the common,
 //! admitted case one pass over the sketch instead of a read and a write; a refusal pays a
 //! second pass to take its count back.)
 
@@ -193,9 +198,9 @@ impl SlidingSketch {
     /// Counts one request for `key` if it fits within the limit; if not, leaves the counts as
     /// they were.
     ///
-    /// The current window is counted first and the increment's own result decides, so of two
-    /// racing requests for a key's last unit exactly one is admitted; a refused request takes
-    /// its count back at once. Admitted requests, the common case, thus make one pass over the
+    /// The current window is counted first and the increment's own result decides; a refused
+    /// request takes its count back at once. Racing requests for a key's last unit may admit
+    /// up to `min(threads, rows) − 1` extra (see the module doc). Admitted requests, the common case, thus make one pass over the
     /// current window's sketch instead of a read and then a write.
     pub fn acquire<K: Hash>(&self, key: &K, now_ms: u64) -> Acquired<'_> {
         let hash = self.prehash.hash_one(key);

@@ -79,6 +79,21 @@ impl std::fmt::Display for ApiVersion {
     }
 }
 
+/// Which contract a body is checked against: a session of one API version, or a visitor
+/// session (`POST /api/v5/sessions/visitor`: `deviceId` required, `deviceInfo` as for sessions,
+/// `authSignature` and `authSignatureExpiresAt` strings when present; no `userId`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Schema {
+    Session(ApiVersion),
+    Visitor,
+}
+
+impl From<ApiVersion> for Schema {
+    fn from(v: ApiVersion) -> Self {
+        Schema::Session(v)
+    }
+}
+
 /// Network-level options that change the rules.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rules {
@@ -87,10 +102,10 @@ pub struct Rules {
 }
 
 /// What later layers need from a valid body (goes into request extensions; the rate limiter keys
-/// on `device_id`).
+/// on `device_id`). A visitor session names no user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionFacts {
-    pub user_id: Box<str>,
+    pub user_id: Option<Box<str>>,
     pub device_id: Box<str>,
 }
 
@@ -116,6 +131,8 @@ const SDK_VERSION: &str = "/deviceInfo/sdkVersion";
 const DISPLAY_NAME: &str = "/displayName";
 const AUTH_TOKEN: &str = "/authToken";
 const PROFILE_HANDLE: &str = "/profileHandle";
+const AUTH_SIGNATURE: &str = "/authSignature";
+const AUTH_SIGNATURE_EXPIRES_AT: &str = "/authSignatureExpiresAt";
 
 // Details (fixed strings: a value is never echoed).
 const REQUIRED: &str = "is required";
@@ -138,22 +155,37 @@ const V5_RESERVED_PREFIXES: [&str; 2] = ["ADMIN_", "DELETED_"];
 ///
 /// [`ApiError::BadRequest`] when the body cannot be read as one JSON object (see the module
 /// docs), [`ApiError::Invalid`] with every violated rule otherwise.
-pub fn validate(version: ApiVersion, body: &[u8], rules: &Rules) -> Result<SessionFacts, ApiError> {
-    let parsed = parse::parse(version, body)?;
-    check(version, rules, &parsed)
+pub fn validate(
+    schema: impl Into<Schema>,
+    body: &[u8],
+    rules: &Rules,
+) -> Result<SessionFacts, ApiError> {
+    let schema = schema.into();
+    let parsed = parse::parse(schema, body)?;
+    check(schema, rules, &parsed)
 }
 
 /// Applies the rule table to a parsed body. Violations are pushed in table order.
-fn check(version: ApiVersion, rules: &Rules, p: &Parsed<'_>) -> Result<SessionFacts, ApiError> {
+fn check(schema: Schema, rules: &Rules, p: &Parsed<'_>) -> Result<SessionFacts, ApiError> {
     let mut out = Vec::new();
 
-    let user_id = string_field(p.user_id.as_ref(), USER_ID, true, &mut out);
-    if let Some(s) = user_id {
-        length(s, 1, 50, USER_ID, "length must be 1 to 50", &mut out);
-        if version == ApiVersion::V5 && V5_RESERVED_PREFIXES.iter().any(|pre| s.starts_with(pre)) {
-            out.push(Violation::new(USER_ID, RESERVED_PREFIX));
+    // Visitors name no user: the parser leaves `userId` (and the other session-only fields)
+    // unset, passed through.
+    let user_id = match schema {
+        Schema::Visitor => None,
+        Schema::Session(version) => {
+            let user_id = string_field(p.user_id.as_ref(), USER_ID, true, &mut out);
+            if let Some(s) = user_id {
+                length(s, 1, 50, USER_ID, "length must be 1 to 50", &mut out);
+                if version == ApiVersion::V5
+                    && V5_RESERVED_PREFIXES.iter().any(|pre| s.starts_with(pre))
+                {
+                    out.push(Violation::new(USER_ID, RESERVED_PREFIX));
+                }
+            }
+            Some(user_id)
         }
-    }
+    };
 
     let device_id = string_field(p.device_id.as_ref(), DEVICE_ID, true, &mut out);
     if let Some(s) = device_id {
@@ -209,9 +241,22 @@ fn check(version: ApiVersion, rules: &Rules, p: &Parsed<'_>) -> Result<SessionFa
         );
     }
 
+    // Visitor only; the parser leaves them unset elsewhere.
+    string_field(p.auth_signature.as_ref(), AUTH_SIGNATURE, false, &mut out);
+    string_field(
+        p.auth_signature_expires_at.as_ref(),
+        AUTH_SIGNATURE_EXPIRES_AT,
+        false,
+        &mut out,
+    );
+
     match (user_id, device_id) {
-        (Some(user_id), Some(device_id)) if out.is_empty() => Ok(SessionFacts {
-            user_id: Box::from(user_id),
+        (Some(Some(user_id)), Some(device_id)) if out.is_empty() => Ok(SessionFacts {
+            user_id: Some(Box::from(user_id)),
+            device_id: Box::from(device_id),
+        }),
+        (None, Some(device_id)) if out.is_empty() => Ok(SessionFacts {
+            user_id: None,
             device_id: Box::from(device_id),
         }),
         _ => Err(ApiError::Invalid(out)),

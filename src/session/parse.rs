@@ -23,7 +23,7 @@ use serde::de::{
 };
 use serde_json::error::Category;
 
-use super::{ApiVersion, MAX_DEPTH};
+use super::{ApiVersion, Schema, MAX_DEPTH};
 use crate::error::ApiError;
 
 /// A known field's value: the string (borrowed from the body unless it had escapes), or the fact
@@ -56,6 +56,9 @@ pub(super) struct Parsed<'de> {
     pub auth_token: Option<Val<'de>>,
     /// Set only for v4; elsewhere `profileHandle` is an unknown field and passes through.
     pub profile_handle: Option<Val<'de>>,
+    /// Set only for visitor sessions.
+    pub auth_signature: Option<Val<'de>>,
+    pub auth_signature_expires_at: Option<Val<'de>>,
 }
 
 fn bad(detail: &'static str) -> ApiError {
@@ -67,7 +70,7 @@ fn is_json_ws(b: u8) -> bool {
 }
 
 /// Parses `body` into the known fields, or says why it cannot be read at all.
-pub(super) fn parse(version: ApiVersion, body: &[u8]) -> Result<Parsed<'_>, ApiError> {
+pub(super) fn parse(schema: Schema, body: &[u8]) -> Result<Parsed<'_>, ApiError> {
     let Some(&first) = body.iter().find(|b| !is_json_ws(**b)) else {
         return Err(bad("body is empty"));
     };
@@ -83,7 +86,7 @@ pub(super) fn parse(version: ApiVersion, body: &[u8]) -> Result<Parsed<'_>, ApiE
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = (&mut de)
         .deserialize_map(TopVisitor {
-            version,
+            schema,
             abort: &mut abort,
         })
         .and_then(|parsed| de.end().map(|()| parsed));
@@ -169,11 +172,13 @@ enum TopKey {
     DisplayName,
     AuthToken,
     ProfileHandle,
+    AuthSignature,
+    AuthSignatureExpiresAt,
     Unknown,
 }
 
 impl TopKey {
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         1 << self as u8
     }
 
@@ -185,13 +190,15 @@ impl TopKey {
             TopKey::DisplayName => "duplicate key /displayName",
             TopKey::AuthToken => "duplicate key /authToken",
             TopKey::ProfileHandle => "duplicate key /profileHandle",
+            TopKey::AuthSignature => "duplicate key /authSignature",
+            TopKey::AuthSignatureExpiresAt => "duplicate key /authSignatureExpiresAt",
             TopKey::Unknown => "duplicate key",
         }
     }
 }
 
 /// Reads a top-level key (escapes already decoded by serde_json, so `"user\u0049d"` is `userId`).
-struct TopKeySeed(ApiVersion);
+struct TopKeySeed(Schema);
 
 impl<'de> DeserializeSeed<'de> for TopKeySeed {
     type Value = TopKey;
@@ -209,20 +216,24 @@ impl Visitor<'_> for TopKeySeed {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<TopKey, E> {
+        let session = matches!(self.0, Schema::Session(_));
+        let visitor = self.0 == Schema::Visitor;
         Ok(match key {
-            "userId" => TopKey::UserId,
             "deviceId" => TopKey::DeviceId,
             "deviceInfo" => TopKey::DeviceInfo,
-            "displayName" => TopKey::DisplayName,
-            "authToken" => TopKey::AuthToken,
-            "profileHandle" if self.0 == ApiVersion::V4 => TopKey::ProfileHandle,
+            "userId" if session => TopKey::UserId,
+            "displayName" if session => TopKey::DisplayName,
+            "authToken" if session => TopKey::AuthToken,
+            "profileHandle" if self.0 == Schema::Session(ApiVersion::V4) => TopKey::ProfileHandle,
+            "authSignature" if visitor => TopKey::AuthSignature,
+            "authSignatureExpiresAt" if visitor => TopKey::AuthSignatureExpiresAt,
             _ => TopKey::Unknown,
         })
     }
 }
 
 struct TopVisitor<'a> {
-    version: ApiVersion,
+    schema: Schema,
     abort: &'a mut Option<&'static str>,
 }
 
@@ -235,8 +246,8 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed<'de>, A::Error> {
         let mut parsed = Parsed::default();
-        let mut seen = 0u8;
-        while let Some(key) = map.next_key_seed(TopKeySeed(self.version))? {
+        let mut seen = 0u16;
+        while let Some(key) = map.next_key_seed(TopKeySeed(self.schema))? {
             if key == TopKey::Unknown {
                 // Passed through untouched; duplicates of unknown keys are the upstream's business.
                 map.next_value::<IgnoredAny>()?;
@@ -257,6 +268,10 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
                 TopKey::DisplayName => parsed.display_name = Some(map.next_value()?),
                 TopKey::AuthToken => parsed.auth_token = Some(map.next_value()?),
                 TopKey::ProfileHandle => parsed.profile_handle = Some(map.next_value()?),
+                TopKey::AuthSignature => parsed.auth_signature = Some(map.next_value()?),
+                TopKey::AuthSignatureExpiresAt => {
+                    parsed.auth_signature_expires_at = Some(map.next_value()?);
+                }
                 TopKey::Unknown => {}
             }
         }

@@ -108,7 +108,7 @@ fn spec_example_is_valid_and_yields_facts() {
   "authToken": "tok-xyz"
 }"#;
     let want = SessionFacts {
-        user_id: "user-123".into(),
+        user_id: Some("user-123".into()),
         device_id: "device-abc-0001".into(),
     };
     for ver in ApiVersion::ALL {
@@ -121,7 +121,7 @@ fn spec_example_is_valid_and_yields_facts() {
 fn minimal_body_is_valid_in_every_version() {
     for ver in ApiVersion::ALL {
         let f = ok(ver, json!({"userId": "u", "deviceId": "d"}), &OPEN);
-        assert_eq!(&*f.user_id, "u");
+        assert_eq!(f.user_id.as_deref().unwrap(), "u");
         assert_eq!(&*f.device_id, "d");
     }
 }
@@ -131,7 +131,7 @@ fn minimal_body_is_valid_in_every_version() {
 fn escaped_strings_are_decoded() {
     let body = br#"{"userId":"user\u002d1","deviceId":"dev\/\"1\"\\"}"#;
     let f = validate(ApiVersion::V3, body, &OPEN).unwrap();
-    assert_eq!(&*f.user_id, "user-1");
+    assert_eq!(f.user_id.as_deref().unwrap(), "user-1");
     assert_eq!(&*f.device_id, r#"dev/"1"\"#);
 }
 
@@ -143,7 +143,7 @@ fn escaped_surrogate_pair_counts_two_units() {
         r"\ud83d\ude00".repeat(25)
     );
     let f = validate(ApiVersion::V3, ok50.as_bytes(), &OPEN).unwrap();
-    assert_eq!(&*f.user_id, "😀".repeat(25));
+    assert_eq!(f.user_id.as_deref().unwrap(), "😀".repeat(25));
     let bad51 = format!(
         r#"{{"userId":"{}a","deviceId":"d"}}"#,
         r"\ud83d\ude00".repeat(25)
@@ -178,7 +178,7 @@ fn unknown_fields_pass() {
         "deviceInfo":{"kind":"web","os":{"name":"x"},"n":null},"metadata":[]}"#;
     for ver in ApiVersion::ALL {
         let f = validate(ver, body, &OPEN).unwrap();
-        assert_eq!((&*f.user_id, &*f.device_id), ("u", "d"));
+        assert_eq!((f.user_id.as_deref().unwrap(), &*f.device_id), ("u", "d"));
     }
 }
 

@@ -11,10 +11,15 @@
 //! | --- | --- | --- |
 //! | `POST /api/v3/sessions`, `/api/v4/sessions`, `/api/v5/sessions` | `x-api-key` | session (v5: no `refreshToken`, adds `userType`) |
 //! | `GET /api/v3/sessions` | bearer | `{"lastCachePurge": …}` |
-//! | `DELETE /api/v4/sessions` | bearer | revokes the token, `{"success":true}` |
+//! | `DELETE /api/v4/sessions` | bearer | revokes the token, `{"success":true}`; with `?userId=U` (admin tokens only, else 403) every token of U |
 //! | `GET /api/v3/users/{userId}` | bearer | `{"users":[…],"files":[…]}` |
 //! | `GET /api/v3/users/list?userIds=…` | bearer | same, every id must exist |
-//! | `GET /api/v3/files/{fileId}` | bearer | the bare File object |
+//! | `GET /api/v3/files/{fileId}` | bearer | the bare File object; a private file ([`Simulator::add_private_file`]) only to its one viewer, 403 to others |
+//! | `POST /api/v5/sessions/visitor` | `x-api-key` | a visitor session (`userType: "visitor"`) |
+//! | `GET /api/v3/network-settings/chat` | bearer | the network's chat settings |
+//! | `GET /socket.io/?token=…` | token | websocket: Engine.IO open packet, then echo |
+//! | `GET /api/v3/files/{fileId}/download?size=N` | bearer | N bytes, streamed (see [`stream`]) |
+//! | any other `/api/` call | bearer | echo of method, path, body length and SHA-256 |
 //!
 //! Anything else is 404 in the upstream's envelope. A new session for a `deviceId` retires that
 //! device's older access token, as the upstream does; tokens expire after 30 days
@@ -32,7 +37,10 @@
 //! The simulator never logs tokens or the api key.
 
 mod routes;
+mod stream;
 mod world;
+
+pub use stream::download_byte;
 
 #[cfg(test)]
 mod tests;
@@ -107,6 +115,28 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
+    fn of(parts: &http::request::Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.as_str().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            body_bytes: body,
+        }
+    }
+
     /// The first value of header `name` (case-insensitive), if any.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -205,7 +235,7 @@ impl Simulator {
                 async move { Ok::<_, Infallible>(sim.handle(req).await) }
             });
             let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
@@ -270,6 +300,28 @@ impl Simulator {
         lock(&self.world).revoke_all();
     }
 
+    /// Gives `user_id` the admin role: its tokens may revoke other users' tokens
+    /// (`DELETE /api/v4/sessions?userId=`).
+    pub fn make_admin(&self, user_id: &str) {
+        lock(&self.world).make_admin(user_id);
+    }
+
+    /// Adds a file only the access token `viewer` may see (as a file in a private channel):
+    /// anyone else is answered 403. Returns its fileId.
+    pub fn add_private_file(&self, viewer: &str) -> String {
+        lock(&self.world).add_private_file(viewer)
+    }
+
+    /// The access token the simulator last issued for `device_id`, while it is live.
+    pub fn device_token(&self, device_id: &str) -> Option<String> {
+        lock(&self.world).device_token(device_id)
+    }
+
+    /// Whether the simulator accepts `token` (a live access token it issued).
+    pub fn token_valid(&self, token: &str) -> bool {
+        lock(&self.world).token_valid(token)
+    }
+
     /// Lifetime of the access tokens issued from now on (default 30 days, as the upstream's);
     /// tests shorten it to see tokens expire. Capped at ten years so expiry dates stay valid.
     pub fn set_token_lifetime(&self, d: Duration) {
@@ -293,7 +345,51 @@ impl Simulator {
         world::iso(lock(&self.world).last_purge())
     }
 
+    /// Records a request whose body is streamed, not held (its body is recorded empty).
+    fn record_head(&self, parts: &http::request::Parts) {
+        if self.record.load(std::sync::atomic::Ordering::Relaxed) {
+            lock(&self.requests).push(RecordedRequest::of(parts, Bytes::new()));
+        }
+    }
+
+    /// Streamed calls: the realtime websocket, downloads, and every `/api/` call the world
+    /// does not model (see [`stream`]).
+    async fn handle_streamed(&self, mut req: Request<Incoming>) -> Response<SimBody> {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, body) = req.into_parts();
+        self.record_head(&parts);
+        let faults = *lock(&self.faults);
+        if !faults.latency.is_zero() {
+            tokio::time::sleep(faults.latency).await;
+        }
+        if faults.failure_rate > 0.0 && rand::random::<f64>() < faults.failure_rate {
+            return routes::internal_error();
+        }
+        let path = parts.uri.path();
+        let query = parts.uri.query();
+        if path.starts_with("/socket.io/") {
+            let valid = stream::query_param(query, "token")
+                .is_some_and(|t| lock(&self.world).token_valid(&t));
+            return stream::websocket(&parts.headers, valid, on_upgrade);
+        }
+        let authorized =
+            crate::wire::bearer(&parts.headers).is_some_and(|t| lock(&self.world).token_valid(t));
+        if !authorized {
+            return routes::unauthorized();
+        }
+        if parts.method == Method::GET
+            && path.starts_with("/api/v3/files/")
+            && path.ends_with("/download")
+        {
+            return stream::download(query);
+        }
+        stream::echo(&parts.method, path, body).await
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<SimBody> {
+        if routes::is_streamed(req.method(), req.uri().path()) {
+            return self.handle_streamed(req).await;
+        }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();
         if path == "/_sim" || path.starts_with("/_sim/") {
@@ -315,26 +411,7 @@ impl Simulator {
             }
         };
         if self.record.load(std::sync::atomic::Ordering::Relaxed) {
-            let recorded = RecordedRequest {
-                method: parts.method.as_str().to_owned(),
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned()),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(name, value)| {
-                        (
-                            name.as_str().to_owned(),
-                            String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect(),
-                body: String::from_utf8_lossy(&body).into_owned(),
-                body_bytes: body.clone(),
-            };
-            lock(&self.requests).push(recorded);
+            lock(&self.requests).push(RecordedRequest::of(&parts, body.clone()));
         }
 
         let faults = *lock(&self.faults);

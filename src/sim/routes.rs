@@ -6,14 +6,14 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method, Response, StatusCode};
-use http_body_util::Full;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
-use super::world::{file_json, iso, ApiVersion, SessionInput, World};
+use super::world::{file_json, iso, ApiVersion, FileLookup, SessionInput, World};
 use crate::wire::{bearer, percent_decode, user_ids_from_query};
 
 /// Response body type of the simulator.
-pub(crate) type SimBody = Full<Bytes>;
+pub(crate) type SimBody = crate::body::Body;
 
 /// Largest accepted request body; bigger bodies answer 413.
 pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -22,7 +22,7 @@ pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const MAX_LIST_IDS: usize = 100;
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<SimBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(SimBody::from(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -92,6 +92,36 @@ pub(crate) struct ApiRequest<'a> {
     pub(crate) body: &'a Bytes,
 }
 
+/// Whether a call is served streamed (see [`super::stream`]) rather than by [`handle_api`]:
+/// the websocket, and every `/api/` call the world does not model.
+pub(crate) fn is_streamed(method: &Method, path: &str) -> bool {
+    if path.starts_with("/socket.io/") {
+        return true;
+    }
+    if !path.starts_with("/api/") {
+        return false;
+    }
+    let modelled = match *method {
+        Method::POST => matches!(
+            path,
+            "/api/v3/sessions"
+                | "/api/v4/sessions"
+                | "/api/v5/sessions"
+                | "/api/v5/sessions/visitor"
+        ),
+        Method::GET => {
+            path == "/api/v3/sessions"
+                || path == "/api/v3/users/list"
+                || path == "/api/v3/network-settings/chat"
+                || single_segment(path, "/api/v3/users/").is_some()
+                || single_segment(path, "/api/v3/files/").is_some()
+        }
+        Method::DELETE => path == "/api/v4/sessions",
+        _ => false,
+    };
+    !modelled
+}
+
 /// Routes one upstream API call against the world. `api_key` is the configured key.
 pub(crate) fn handle_api(
     world: &mut World,
@@ -104,10 +134,24 @@ pub(crate) fn handle_api(
         "/api/v5/sessions" => Some(ApiVersion::V5),
         _ => None,
     };
+    if req.method == Method::POST && req.path == "/api/v5/sessions/visitor" {
+        return create_visitor_session(world, api_key, req);
+    }
+    if req.method == Method::GET && req.path == "/api/v3/network-settings/chat" {
+        return with_token(world, req.headers, |_| {
+            json_response(
+                StatusCode::OK,
+                &json!({"chatSettings": {"isEnabled": true, "mentionAllowed": true,
+                    "messageEditable": true, "messageDeletable": true}}),
+            )
+        });
+    }
     match (req.method, session_version) {
         (&Method::POST, Some(version)) => return create_session(world, api_key, version, req),
         (&Method::GET, Some(ApiVersion::V3)) => return verify_session(world, req.headers),
-        (&Method::DELETE, Some(ApiVersion::V4)) => return revoke_session(world, req.headers),
+        (&Method::DELETE, Some(ApiVersion::V4)) => {
+            return revoke_session(world, req.headers, req.query)
+        }
         _ => {}
     }
     if req.method != Method::GET {
@@ -122,8 +166,9 @@ pub(crate) fn handle_api(
         });
     }
     if let Some(raw) = single_segment(req.path, "/api/v3/files/") {
+        let token = bearer(req.headers).unwrap_or_default();
         return with_token(world, req.headers, |w| {
-            get_file(w, &percent_decode(raw, false))
+            get_file(w, &percent_decode(raw, false), token)
         });
     }
     not_found()
@@ -198,6 +243,43 @@ fn create_session(
     json_response(StatusCode::OK, &world.create_session(version, &input))
 }
 
+/// `POST /api/v5/sessions/visitor`: a session for a device without a user of its own; the
+/// user is made up from the deviceId, as the upstream does for visitors.
+fn create_visitor_session(
+    world: &mut World,
+    api_key: &str,
+    req: &ApiRequest<'_>,
+) -> Response<SimBody> {
+    if !has_api_key(req.headers, api_key) {
+        return unauthorized();
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(req.body) else {
+        return bad_request();
+    };
+    let Some(device_id) = obj
+        .get("deviceId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return validation_error(vec!["deviceId is required".to_owned()]);
+    };
+    let user_id = format!(
+        "visitor-{}",
+        super::world::hex(&sha2::Sha256::digest(device_id.as_bytes())[..8])
+    );
+    let input = SessionInput {
+        user_id: &user_id,
+        device_id,
+        display_name: None,
+        profile_handle: None,
+    };
+    let mut body = world.create_session(ApiVersion::V5, &input);
+    if let Some(o) = body.as_object_mut() {
+        o.insert("userType".into(), Value::String("visitor".into()));
+    }
+    json_response(StatusCode::OK, &body)
+}
+
 fn verify_session(world: &World, headers: &HeaderMap) -> Response<SimBody> {
     with_token(world, headers, |w| {
         json_response(
@@ -207,7 +289,33 @@ fn verify_session(world: &World, headers: &HeaderMap) -> Response<SimBody> {
     })
 }
 
-fn revoke_session(world: &mut World, headers: &HeaderMap) -> Response<SimBody> {
+pub(crate) fn forbidden() -> Response<SimBody> {
+    envelope(StatusCode::FORBIDDEN, 400300, "Forbidden error.", json!({}))
+}
+
+/// `DELETE /api/v4/sessions`: revokes the caller's token, or with `?userId=U` (admins only)
+/// every token of U.
+fn revoke_session(
+    world: &mut World,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response<SimBody> {
+    let target = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| percent_decode(k, true) == "userId")
+            .map(|(_, v)| percent_decode(v, true))
+    });
+    if let Some(user) = target {
+        return match bearer(headers) {
+            Some(t) if world.is_admin(t) => {
+                world.revoke_user(&user);
+                json_response(StatusCode::OK, &json!({"success": true}))
+            }
+            Some(t) if world.token_valid(t) => forbidden(),
+            _ => unauthorized(),
+        };
+    }
     match bearer(headers) {
         Some(token) if world.revoke(token) => {
             json_response(StatusCode::OK, &json!({"success": true}))
@@ -237,14 +345,13 @@ fn get_user(world: &World, user_id: &str) -> Response<SimBody> {
 
 /// `GET /api/v3/users/list`: every requested id must exist (else 404 "Some userId Not Found").
 fn list_users(world: &World, query: Option<&str>) -> Response<SimBody> {
-    let ids = user_ids_from_query(query.unwrap_or(""));
-    if ids.is_empty() {
-        return validation_error(vec!["userIds is required".to_owned()]);
-    }
-    if ids.len() > MAX_LIST_IDS {
+    let Ok(ids) = user_ids_from_query(query.unwrap_or(""), MAX_LIST_IDS) else {
         return validation_error(vec![format!(
             "userIds must have at most {MAX_LIST_IDS} items"
         )]);
+    };
+    if ids.is_empty() {
+        return validation_error(vec!["userIds is required".to_owned()]);
     }
     let mut users = Vec::with_capacity(ids.len());
     let mut files = Vec::with_capacity(ids.len());
@@ -258,11 +365,12 @@ fn list_users(world: &World, query: Option<&str>) -> Response<SimBody> {
     json_response(StatusCode::OK, &json!({"users": users, "files": files}))
 }
 
-fn get_file(world: &World, file_id: &str) -> Response<SimBody> {
-    match world.file(file_id) {
+fn get_file(world: &World, file_id: &str, token: &str) -> Response<SimBody> {
+    match world.file_for(file_id, token) {
         // The bare File object, as the TS SDK reads it.
-        Some(owner) => json_response(StatusCode::OK, &file_json(owner)),
-        None => envelope(
+        FileLookup::Found(file) => json_response(StatusCode::OK, &file),
+        FileLookup::Forbidden => forbidden(),
+        FileLookup::Missing => envelope(
             StatusCode::NOT_FOUND,
             400400,
             &format!("File not found {file_id}."),

@@ -3,7 +3,7 @@
 //! Everything here is plain data behind one mutex in [`super::Simulator`]; no method blocks or
 //! awaits, so the lock is only ever held for a few map operations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -37,7 +37,24 @@ pub(crate) struct UserRecord {
 #[derive(Debug, Clone)]
 struct TokenRecord {
     device_id: String,
+    user_id: String,
     expires_at: OffsetDateTime,
+}
+
+/// A file only one token may see (say, uploaded to a private channel): the upstream answers
+/// anyone else 403. Marked `accessType: "network"`, as the upstream marks files that need
+/// authentication; only `"public"` files are anyone's.
+#[derive(Debug, Clone)]
+struct PrivateFile {
+    viewer: String,
+    created_at: OffsetDateTime,
+}
+
+/// What a file lookup finds.
+pub(crate) enum FileLookup {
+    Found(Value),
+    Forbidden,
+    Missing,
 }
 
 /// What a session request asks for, taken leniently from its JSON body.
@@ -60,6 +77,10 @@ pub(crate) struct World {
     tokens: HashMap<String, TokenRecord>,
     /// deviceId → its current access token: a new session for the device retires the old one.
     devices: HashMap<String, String>,
+    /// fileId → the one token allowed to see it.
+    private_files: HashMap<String, PrivateFile>,
+    /// Users with the admin role: they may revoke other users' tokens.
+    admins: HashSet<String>,
     last_purge: OffsetDateTime,
     /// Lifetime of tokens issued from now on; [`TOKEN_LIFETIME`] unless a test shortens it.
     token_lifetime: time::Duration,
@@ -74,6 +95,8 @@ impl World {
             files: HashMap::new(),
             tokens: HashMap::new(),
             devices: HashMap::new(),
+            private_files: HashMap::new(),
+            admins: HashSet::new(),
             last_purge: now_ms(),
             token_lifetime: TOKEN_LIFETIME,
         }
@@ -118,6 +141,7 @@ impl World {
             access_token.clone(),
             TokenRecord {
                 device_id: input.device_id.to_owned(),
+                user_id: input.user_id.to_owned(),
                 expires_at,
             },
         );
@@ -205,6 +229,62 @@ impl World {
         true
     }
 
+    /// The device's current token, while it is live.
+    pub(crate) fn device_token(&self, device_id: &str) -> Option<String> {
+        self.devices
+            .get(device_id)
+            .filter(|t| self.token_valid(t))
+            .cloned()
+    }
+
+    /// Revokes every token of `user_id` (an admin's `DELETE /api/v4/sessions?userId=`).
+    pub(crate) fn revoke_user(&mut self, user_id: &str) {
+        self.tokens.retain(|_, t| t.user_id != user_id);
+        let tokens = &self.tokens;
+        self.devices.retain(|_, t| tokens.contains_key(t));
+    }
+
+    /// Whether `token` is a live token of an admin.
+    pub(crate) fn is_admin(&self, token: &str) -> bool {
+        self.token_valid(token)
+            && self
+                .tokens
+                .get(token)
+                .is_some_and(|t| self.admins.contains(&t.user_id))
+    }
+
+    /// Gives `user_id` the admin role.
+    pub(crate) fn make_admin(&mut self, user_id: &str) {
+        self.admins.insert(user_id.to_owned());
+    }
+
+    /// Adds a file only `viewer` may see; returns its id.
+    pub(crate) fn add_private_file(&mut self, viewer: &str) -> String {
+        let id = format!("private-{}", hex(&rand::random::<[u8; 12]>()));
+        let file = PrivateFile {
+            viewer: viewer.to_owned(),
+            created_at: now_ms(),
+        };
+        self.private_files.insert(id.clone(), file);
+        id
+    }
+
+    /// The File answer for `file_id` as `token` may see it.
+    pub(crate) fn file_for(&self, file_id: &str, token: &str) -> FileLookup {
+        if let Some(p) = self.private_files.get(file_id) {
+            if p.viewer != token {
+                return FileLookup::Forbidden;
+            }
+            let mut f = file_object(file_id, p.created_at);
+            f["accessType"] = Value::String("network".into());
+            return FileLookup::Found(f);
+        }
+        match self.file(file_id) {
+            Some(owner) => FileLookup::Found(file_json(owner)),
+            None => FileLookup::Missing,
+        }
+    }
+
     /// Forgets every issued token (every later bearer call answers 401).
     pub(crate) fn revoke_all(&mut self) {
         self.tokens.clear();
@@ -248,7 +328,11 @@ impl World {
 
 /// The avatar File object of `user` (TS SDK shape).
 pub(crate) fn file_json(user: &UserRecord) -> Value {
-    let id = &user.avatar_file_id;
+    file_object(&user.avatar_file_id, user.created_at)
+}
+
+/// A public image File object (TS SDK shape).
+fn file_object(id: &str, created_at: OffsetDateTime) -> Value {
     json!({
         "fileId": id,
         // `.invalid` is reserved (RFC 2606): the URL can never reach a real host.
@@ -256,8 +340,8 @@ pub(crate) fn file_json(user: &UserRecord) -> Value {
         "type": "image",
         "accessType": "public",
         "altText": "",
-        "createdAt": iso(user.created_at),
-        "updatedAt": iso(user.created_at),
+        "createdAt": iso(created_at),
+        "updatedAt": iso(created_at),
         "isDeleted": false,
         "attributes": {
             "name": "avatar.jpg",

@@ -187,3 +187,21 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// GETs the admin `/metrics` page.
+pub async fn scrape(env: &TestEnv) -> String {
+    let res = request(
+        Method::GET,
+        &format!("http://{}/metrics", env.gw.admin_addr),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    String::from_utf8(res.body.to_vec()).expect("metrics are text")
+}
+
+/// The value of the sample line `series` (name and labels exactly as exported), if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -28,10 +28,23 @@ impl GatewayProcess {
     /// Runs `amity-gateway serve` on `config` (TOML text) with the test key in `AMITY_API_KEY`
     /// and no other gateway variable from the test's environment.
     pub fn start(config: &str) -> (Self, tempfile::TempDir) {
+        Self::start_in(config, Command::new(env!("CARGO_BIN_EXE_amity-gateway")))
+    }
+
+    /// [`GatewayProcess::start`] with at most `nofile` open file descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(config: &str, nofile: u32) -> (Self, tempfile::TempDir) {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_amity-gateway"));
+        Self::start_in(config, sh)
+    }
+
+    fn start_in(config: &str, mut command: Command) -> (Self, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amity-gateway"))
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&path)
@@ -87,11 +100,46 @@ impl GatewayProcess {
         }
     }
 
+    /// The process id (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and returns at once.
     pub fn term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGHUP (reload the config) and returns at once.
+    pub fn hup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The client and admin listeners' addresses, from the "gateway listening" line.
+    pub fn addrs(&mut self) -> (SocketAddr, SocketAddr) {
+        let line = self.wait_for("listening line", |l| l.contains("gateway listening"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
+        (addr("listen"), addr("admin"))
+    }
+
+    /// Every stdout line read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.stdout
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit; returns (stdout lines, stderr).

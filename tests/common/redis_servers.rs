@@ -16,11 +16,14 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// A `redis-server` child process (a data node or a sentinel), killed on drop.
+/// A `redis-server` child process (a data node or a sentinel), killed on drop. It runs in a
+/// directory of its own, removed on drop: whatever it writes (a replica's copy of its
+/// primary's data, a Cluster node's `nodes.conf`) never lands in the working directory.
 pub struct RedisServer {
     pub port: u16,
     args: Vec<String>,
     child: Option<Child>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -29,12 +32,14 @@ impl RedisServer {
         Self::with_args(port, Vec::new())
     }
 
-    /// A server started with `args` before the common ones (port, loopback, no persistence).
+    /// A server started with `args` before the common ones (port, loopback, no persistence,
+    /// its own directory).
     pub fn with_args(port: u16, args: Vec<String>) -> Self {
         Self {
             port,
             args,
             child: None,
+            dir: tempfile::tempdir().expect("a temporary directory for redis-server"),
         }
     }
 
@@ -53,6 +58,8 @@ impl RedisServer {
             .args(&self.args)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -149,15 +156,12 @@ pub fn text(v: &redis::Value) -> String {
 /// node restarted on its port rejoins with its slots.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
-    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl RedisCluster {
     pub async fn start() -> Self {
         let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
         for _ in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
             let args = [
                 "--cluster-enabled",
                 "yes",
@@ -165,14 +169,11 @@ impl RedisCluster {
                 "1000",
                 "--cluster-port",
                 &free_port().to_string(),
-                "--dir",
-                dir.path().to_str().unwrap(),
             ];
             let mut node =
                 RedisServer::with_args(free_port(), args.iter().map(|s| s.to_string()).collect());
             node.start().await;
             nodes.push(node);
-            dirs.push(dir);
         }
         let status = Command::new("redis-cli")
             .arg("--cluster")
@@ -186,7 +187,7 @@ impl RedisCluster {
                 panic!("redis-cli not found ({e}): apt-get install -y redis-tools")
             });
         assert!(status.success(), "redis-cli --cluster create");
-        let cluster = Self { nodes, _dirs: dirs };
+        let cluster = Self { nodes };
         cluster.wait_ok().await;
         cluster
     }

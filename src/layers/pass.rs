@@ -1,0 +1,545 @@
+//! Pass-through: the rest of the app's API, forwarded as the client sent it.
+//!
+//! Bodies stream both ways and are never collected, so an upload or download of any size holds
+//! a few frames of memory. A websocket (`HTTP/1.1 Upgrade`) is tunnelled after the upstream's
+//! `101 Switching Protocols` until either side closes. The gateway's key is never attached here:
+//! this chain has no key injection at all, and the client's own `x-api-key` was stripped (or
+//! refused) above it, so a pass route reaches exactly what the client's own bearer token could.
+//!
+//! Time limits suit streams rather than requests: the upstream gets `upstream.timeout_ms` to
+//! send its answer's head, counted from the last byte of the request body (an upload may take
+//! longer than any fixed deadline); after that, a body or tunnel that moves no byte for the
+//! route's idle timeout is closed and counted. A stream that keeps moving is never cut.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+
+use crate::error::{ApiError, Body, BoxError, ErrorFormat, GatewayError};
+use crate::routes::Matched;
+
+/// Counters of the pass routes' streams, read by the metrics at scrape time.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    tunnels_open: AtomicI64,
+    tunnels: AtomicU64,
+    idle_bodies: AtomicU64,
+    idle_tunnels: AtomicU64,
+}
+
+/// A snapshot of [`StreamStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    pub tunnels_open: i64,
+    pub tunnels: u64,
+    /// Bodies (either direction) closed for moving no byte within the idle timeout.
+    pub idle_bodies: u64,
+    /// Websocket tunnels closed the same way.
+    pub idle_tunnels: u64,
+}
+
+impl StreamStats {
+    pub fn snapshot(&self) -> StreamCounts {
+        StreamCounts {
+            tunnels_open: self.tunnels_open.load(Ordering::Relaxed),
+            tunnels: self.tunnels.load(Ordering::Relaxed),
+            idle_bodies: self.idle_bodies.load(Ordering::Relaxed),
+            idle_tunnels: self.idle_tunnels.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// When a stream last moved a byte, shared by the request body and the wait for the answer's
+/// head. Milliseconds since `origin`.
+#[derive(Debug)]
+pub struct Activity {
+    origin: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The instant of the last activity.
+    pub fn last(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Left in a pass request's extensions for the upstream client: stream the answer, close it
+/// when idle, and count the head's deadline from the request body's last activity.
+#[derive(Debug, Clone)]
+pub struct Streaming {
+    pub idle_timeout: Duration,
+    pub activity: Arc<Activity>,
+    pub stats: Arc<StreamStats>,
+}
+
+impl Streaming {
+    /// Wraps an answer's body: closed (and counted) when idle.
+    pub fn body<B>(&self, body: B) -> Body
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Body::stream(IdleBody::new(
+            body,
+            self.idle_timeout,
+            None,
+            self.stats.clone(),
+        ))
+    }
+}
+
+/// The error a stream ends with when it moved nothing within its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle for longer than its timeout")]
+pub struct IdleTimeout;
+
+pin_project! {
+    /// A body that fails with [`IdleTimeout`] when no frame arrives within `idle`.
+    pub struct IdleBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+        activity: Option<Arc<Activity>>,
+        stats: Arc<StreamStats>,
+        done: bool,
+    }
+}
+
+impl<B> IdleBody<B> {
+    fn new(
+        inner: B,
+        idle: Duration,
+        activity: Option<Arc<Activity>>,
+        stats: Arc<StreamStats>,
+    ) -> Self {
+        Self {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+            activity,
+            stats,
+            done: false,
+        }
+    }
+}
+
+impl<B> HttpBody for IdleBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(deadline);
+                if let Some(a) = this.activity {
+                    a.touch();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.done = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                *this.done = true;
+                if let Some(a) = this.activity {
+                    a.touch();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => {
+                    *this.done = true;
+                    this.stats.idle_bodies.fetch_add(1, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(IdleTimeout.into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The protocol a request asks to upgrade to: HTTP/1.1 with `Upgrade` and a `Connection`
+/// naming `upgrade`. Read before hop-by-hop headers are removed.
+pub fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<UpgradeRequest> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let names_upgrade = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let proto = headers.get(header::UPGRADE)?;
+    names_upgrade.then(|| UpgradeRequest(proto.clone()))
+}
+
+/// An upgrade the client asked for (the `Upgrade` value), in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct UpgradeRequest(pub HeaderValue);
+
+static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+
+fn set_upgrade_headers(headers: &mut HeaderMap, proto: HeaderValue) {
+    headers.insert(header::CONNECTION, UPGRADE.clone());
+    headers.insert(header::UPGRADE, proto);
+}
+
+/// The pass-through policy.
+#[derive(Clone)]
+pub struct PassLayer {
+    stats: Arc<StreamStats>,
+}
+
+impl PassLayer {
+    pub fn new(stats: Arc<StreamStats>) -> Self {
+        Self { stats }
+    }
+}
+
+impl<S> Layer<S> for PassLayer {
+    type Service = Pass<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Pass {
+            inner,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Pass<S> {
+    inner: S,
+    stats: Arc<StreamStats>,
+}
+
+/// Used when a request reaches this chain without a [`Matched`] (a wiring bug, or a bench).
+const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+
+impl<S, B> Service<Request<B>> for Pass<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limits = req.extensions().get::<Matched>().and_then(|m| m.pass);
+        let idle = limits.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
+        let max_body = limits.and_then(|l| l.max_body_bytes);
+        let format = ErrorFormat::from_headers(req.headers());
+        if let Some(max) = max_body {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                let res = ApiError::PayloadTooLarge {
+                    limit: usize::try_from(max).unwrap_or(usize::MAX),
+                }
+                .to_response(format);
+                return Box::pin(async move { Ok(res) });
+            }
+        }
+        let upgrade = req.extensions_mut().remove::<UpgradeRequest>();
+        let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        if let Some(UpgradeRequest(proto)) = &upgrade {
+            set_upgrade_headers(req.headers_mut(), proto.clone());
+        }
+        let activity = Arc::new(Activity::new());
+        let streaming = Streaming {
+            idle_timeout: idle,
+            activity: activity.clone(),
+            stats: self.stats.clone(),
+        };
+        let stats = self.stats.clone();
+        let (mut parts, body) = req.into_parts();
+        let body = match max_body {
+            Some(max) => Body::stream(IdleBody::new(
+                http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)),
+                idle,
+                Some(activity),
+                stats.clone(),
+            )),
+            None => Body::stream(IdleBody::new(body, idle, Some(activity), stats.clone())),
+        };
+        parts.extensions.insert(streaming);
+        let req = Request::from_parts(parts, body);
+        Box::pin(async move {
+            let mut res = inner.call(req).await?;
+            let (Some(UpgradeRequest(proto)), Some(client_side)) = (upgrade, client_side) else {
+                return Ok(res);
+            };
+            if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return Ok(res);
+            }
+            let upstream_side = hyper::upgrade::on(&mut res);
+            let answered = res.headers().get(header::UPGRADE).cloned().unwrap_or(proto);
+            set_upgrade_headers(res.headers_mut(), answered);
+            tokio::spawn(tunnel(client_side, upstream_side, idle, stats));
+            Ok(res)
+        })
+    }
+}
+
+/// Copies bytes both ways between the two upgraded connections until either side closes or
+/// nothing moves for `idle`; one log line when it ends.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    stats: Arc<StreamStats>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    stats.tunnels.fetch_add(1, Ordering::Relaxed);
+    stats.tunnels_open.fetch_add(1, Ordering::Relaxed);
+    let start = Instant::now();
+    let activity = Arc::new(Activity::new());
+    let mut client = Watched::new(hyper_util::rt::TokioIo::new(client), activity.clone());
+    let mut upstream = Watched::new(hyper_util::rt::TokioIo::new(upstream), activity.clone());
+    let end = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        loop {
+            let deadline = activity.last() + idle;
+            tokio::select! {
+                r = &mut copy => break match r {
+                    Ok(_) => "closed",
+                    Err(_) => "error",
+                },
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if activity.last() + idle <= Instant::now() {
+                        stats.idle_tunnels.fetch_add(1, Ordering::Relaxed);
+                        break "idle";
+                    }
+                }
+            }
+        }
+    };
+    stats.tunnels_open.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!(
+        target: "access",
+        kind = "tunnel",
+        end,
+        duration_ms = start.elapsed().as_millis() as u64,
+        bytes_from_client = client.read,
+        bytes_from_upstream = upstream.read,
+        "tunnel closed"
+    );
+}
+
+pin_project! {
+    /// An upgraded connection that records activity and counts the bytes read from it.
+    struct Watched<T> {
+        #[pin]
+        io: T,
+        activity: Arc<Activity>,
+        read: u64,
+    }
+}
+
+impl<T> Watched<T> {
+    fn new(io: T, activity: Arc<Activity>) -> Self {
+        Self {
+            io,
+            activity,
+            read: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.io.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            *this.read += n as u64;
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+/// Waits for an answer's head: `timeout` after the request's last activity (its last body
+/// byte), re-armed while the body still moves.
+pub async fn head_within<F, T>(
+    response: F,
+    timeout: Duration,
+    activity: &Activity,
+) -> Result<T, GatewayError>
+where
+    F: Future<Output = Result<T, GatewayError>>,
+{
+    tokio::pin!(response);
+    loop {
+        let deadline = activity.last() + timeout;
+        tokio::select! {
+            r = &mut response => return r,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if activity.last() + timeout <= Instant::now() {
+                    return Err(GatewayError::UpstreamTimeout);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn upgrades_are_read_from_http11_heads_only() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(requested_upgrade(Version::HTTP_11, &h).is_none());
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(
+            requested_upgrade(Version::HTTP_11, &h).unwrap().0,
+            "websocket"
+        );
+        assert!(requested_upgrade(Version::HTTP_2, &h).is_none());
+        h.remove(header::UPGRADE);
+        assert!(requested_upgrade(Version::HTTP_11, &h).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_idle_body_fails_and_is_counted_a_moving_one_does_not() {
+        let stats = Arc::new(StreamStats::default());
+        let (mut tx, rx) = futures_channel_body();
+        let body = IdleBody::new(rx, Duration::from_millis(80), None, stats.clone());
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                tx.send(Bytes::from_static(b"x")).await;
+            }
+            // then silence, longer than the idle timeout
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            drop(tx);
+        });
+        let mut body = std::pin::pin!(body);
+        let mut got = 0;
+        let err = loop {
+            match body.frame().await {
+                Some(Ok(_)) => got += 1,
+                Some(Err(e)) => break e,
+                None => panic!("body ended instead of timing out"),
+            }
+        };
+        assert_eq!(got, 5, "frames 30 ms apart pass an 80 ms idle timeout");
+        assert!(err.is::<IdleTimeout>());
+        assert_eq!(stats.snapshot().idle_bodies, 1);
+        feeder.abort();
+    }
+
+    /// A body fed from a channel, for the tests.
+    fn futures_channel_body() -> (Feeder, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        });
+        (
+            Feeder(tx),
+            Body::stream(http_body_util::StreamBody::new(stream)),
+        )
+    }
+
+    struct Feeder(tokio::sync::mpsc::Sender<Bytes>);
+
+    impl Feeder {
+        async fn send(&mut self, b: Bytes) {
+            let _ = self.0.send(b).await;
+        }
+    }
+}
