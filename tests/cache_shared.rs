@@ -1,6 +1,6 @@
 //! `[cache.shared]` end to end: two gateways in front of one simulator, sharing a real
-//! `redis-server` on loopback. What one replica learns (a purge, a logout, a token it issued)
-//! the other applies; without Redis each serves on its own facts and says so.
+//! `redis-server` on loopback. What one replica learns (a purge, a logout, a token it issued,
+//! a revocation) the other applies; without Redis each serves on its own facts and says so.
 //!
 //! Needs `redis-server` on PATH (Debian: `apt-get install -y redis-server`); without it these
 //! tests fail and say so.
@@ -275,6 +275,64 @@ async fn without_redis_each_replica_serves_on_its_own_facts_and_sharing_resumes_
         "dropped on the reset"
     );
     a_token_from_a_is_a_hit_on_b(&a, &b, "d-2").await;
+
+    stop(a, b, handle).await;
+}
+
+/// An admin revocation through A distrusts on B the user's tokens B issued itself (the fact
+/// names the user by a hash both replicas compute alike), while other users' tokens are still
+/// served there; and a newer session through B retires on A the token A issued.
+#[tokio::test]
+async fn revocations_and_retirements_cross_in_both_directions() {
+    let Pair {
+        redis: _redis,
+        sim,
+        handle,
+        a,
+        b,
+    } = Pair::start().await;
+    let carol = a_token_from_a_is_a_hit_on_b(&a, &b, "d-carol").await;
+    let victim = propagated(&b, &a, login(&b, "victim", "d-victim")).await;
+    assert_eq!(
+        lookup(&b, "alice", &victim).await,
+        (StatusCode::OK, "HIT".into())
+    );
+
+    let admin = propagated(&a, &b, login(&a, "admin", "d-admin")).await;
+    sim.make_admin("admin");
+    let auth = format!("Bearer {admin}");
+    let (url, headers) = (
+        a.url("/api/v4/sessions?userId=victim&isPublic=true"),
+        [("authorization", auth.as_str())],
+    );
+    let revoke = request(Method::DELETE, &url, &headers, "");
+    assert_eq!(propagated(&a, &b, revoke).await.status, StatusCode::OK);
+    let (status, x) = lookup(&b, "alice", &victim).await;
+    assert_ne!(x, "HIT", "revoked through A");
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        lookup(&b, "alice", &carol).await,
+        (StatusCode::OK, "HIT".into()),
+        "another user's token"
+    );
+
+    // A caches alice through carol's token; a newer session for carol's device through B
+    // retires that token on A.
+    assert_eq!(lookup(&a, "alice", &carol).await.0, StatusCode::OK);
+    assert_eq!(
+        lookup(&a, "alice", &carol).await,
+        (StatusCode::OK, "HIT".into())
+    );
+    let newer = propagated(&b, &a, login(&b, "carol", "d-carol")).await;
+    assert_ne!(
+        lookup(&a, "alice", &carol).await.1,
+        "HIT",
+        "retired through B"
+    );
+    assert_eq!(
+        lookup(&a, "alice", &newer).await,
+        (StatusCode::OK, "HIT".into())
+    );
 
     stop(a, b, handle).await;
 }
