@@ -45,8 +45,7 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let svc = svc.clone();
             async move {
-                let res: Result<Response<Body>, Infallible> =
-                    svc.oneshot(request(BODY)).await;
+                let res: Result<Response<Body>, Infallible> = svc.oneshot(request(BODY)).await;
                 black_box(res)
             }
         })

@@ -387,12 +387,14 @@ pub struct Env {
     pub tls_key_file: Option<String>,
     pub redis_url: Option<String>,
     pub rate_limit_backend: Option<String>,
+    pub cache_shared: Option<String>,
 }
 
 impl Env {
     /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM_URL`, `AMITY_API_KEY`,
     /// `GATEWAY_API_KEY_FILE`, `GATEWAY_TLS_CERT_FILE`, `GATEWAY_TLS_KEY_FILE`,
-    /// `GATEWAY_REDIS_URL`, `GATEWAY_RATE_LIMIT_BACKEND`; empty values count as unset.
+    /// `GATEWAY_REDIS_URL`, `GATEWAY_RATE_LIMIT_BACKEND`, `GATEWAY_CACHE_SHARED`; empty values
+    /// count as unset.
     pub fn from_process() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Self {
@@ -405,6 +407,7 @@ impl Env {
             tls_key_file: var("GATEWAY_TLS_KEY_FILE"),
             redis_url: var("GATEWAY_REDIS_URL"),
             rate_limit_backend: var("GATEWAY_RATE_LIMIT_BACKEND"),
+            cache_shared: var("GATEWAY_CACHE_SHARED"),
         }
     }
 }
@@ -484,6 +487,18 @@ impl FileConfig {
                     return Err(invalid(
                         "GATEWAY_RATE_LIMIT_BACKEND",
                         format!("{other:?}: must be local or redis"),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = &env.cache_shared {
+            self.cache.shared.enabled = match v.as_str() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(invalid(
+                        "GATEWAY_CACHE_SHARED",
+                        format!("{other:?}: must be true or false"),
                     ))
                 }
             };
@@ -622,7 +637,9 @@ impl FileConfig {
             max_body_bytes: positive("limits.max_body_bytes", self.limits.max_body_bytes as u64)?
                 as usize,
             log: self.log.clone(),
-            cache: self.cache.resolve()?,
+            cache: self
+                .cache
+                .resolve_with(self.rate_limit.redis.url.as_ref())?,
             tls: self.tls.resolve(Duration::from_millis(positive(
                 "tls.handshake_timeout_ms",
                 self.tls.handshake_timeout_ms,
@@ -814,6 +831,33 @@ mod tests {
     }
 
     #[test]
+    fn cache_sharing_from_env_uses_the_limiters_redis() {
+        let env = Env {
+            cache_shared: Some("true".into()),
+            redis_url: Some("redis+sentinel://:pw@s1,s2,s3/mymaster".into()),
+            ..env_key()
+        };
+        let c = FileConfig::default().resolve(&env).unwrap();
+        let shared = c.cache.shared.expect("sharing on");
+        assert!(matches!(
+            shared.target,
+            crate::redis_link::RedisTarget::Sentinel { .. }
+        ));
+        let env = Env {
+            cache_shared: Some("yes".into()),
+            ..env_key()
+        };
+        let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_CACHE_SHARED"), "{err}");
+        let env = Env {
+            cache_shared: Some("true".into()),
+            ..env_key()
+        };
+        let err = FileConfig::default().resolve(&env).unwrap_err().to_string();
+        assert!(err.contains("cache.shared.url"), "{err}");
+    }
+
+    #[test]
     fn parts_of_a_request_must_fit_in_its_budget() {
         let mut f = FileConfig::default();
         f.upstream.timeout_ms = f.server.request_timeout_ms;
@@ -877,8 +921,8 @@ mod tests {
         assert!(c.cors.is_none());
         assert_eq!(c.routes.entries().len(), 12);
         // The masked rendering reads back as the same table.
-        let again = FileConfig::from_toml(&FileConfig::default().to_masked_toml(), Path::new("x"))
-            .unwrap();
+        let again =
+            FileConfig::from_toml(&FileConfig::default().to_masked_toml(), Path::new("x")).unwrap();
         assert_eq!(again.routes, f.routes);
     }
 
@@ -891,9 +935,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("broken") && err.contains("schema"), "{err}");
-        let err = FileConfig::from_toml("[[routes]]\nname = \"x\"\nprefix = \"/a/\"\npolicy = \"open\"\n", Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = FileConfig::from_toml(
+            "[[routes]]\nname = \"x\"\nprefix = \"/a/\"\npolicy = \"open\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("open"), "{err}");
     }
 
@@ -953,7 +1000,9 @@ mod tests {
         assert!(!f.to_masked_toml().contains("-pass@"));
         let c = f.validate().unwrap().rate_limit.unwrap();
         let r = c.redis.as_ref().unwrap();
-        assert_eq!(r.url, "redis://:env-pass@127.0.0.1:6380/2");
+        assert!(
+            matches!(&r.target, crate::redis_link::RedisTarget::Single(u) if u == "redis://:env-pass@127.0.0.1:6380/2")
+        );
         assert_eq!(r.timeout, Duration::from_millis(5));
         let shown = format!("{c:?}");
         assert!(!shown.contains("pass"), "{shown}");

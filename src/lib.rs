@@ -15,6 +15,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod reload;
 pub mod routes;
 pub mod runtime;

@@ -9,7 +9,10 @@
 //! - **What is kept.** The long-lived parts are carried over when their own settings are
 //!   unchanged: the rate limiter (its counters), the lookup cache (its entries), the API key
 //!   source, the metrics. A changed section gets a new part, which starts empty. The upstream
-//!   client (its pool) is kept by the builder while `[upstream]` is unchanged.
+//!   client (its pool) is kept by the builder while `[upstream]` is unchanged. Redis links
+//!   belong to their part: a changed `[rate_limit.redis]` or `[cache.shared]` (or the limiter
+//!   URL the latter falls back to) brings a new limiter or cache with a new link; a new shared
+//!   cache reads the other replicas' facts afresh before trusting their tokens.
 //! - **What is refused.** Settings fixed when the process started (the listeners, the runtime,
 //!   TLS files, the log subscriber, the HTTP connection settings, the drain budget) cannot
 //!   change by reload: a file changing one is refused as a whole, with a message naming it, so
@@ -248,7 +251,7 @@ pub fn carry_over(running: &Shared, config: Config) -> Result<(Shared, Kept), St
     let cache = if kept.cache {
         running.cache.clone()
     } else {
-        Arc::new(LookupCache::new(&config.cache))
+        LookupCache::start(&config.cache)
     };
     let rate_limit = match &config.rate_limit {
         _ if kept.rate_limit => running.rate_limit.clone(),

@@ -207,7 +207,15 @@ fn check_config(path: PathBuf) -> Result<(), String> {
     let (file, config) = load(&path)?;
     print!("{}", file.to_masked_toml());
     // The table as the matcher reads it: most specific first.
-    print!("\n{}", config.routes.render().lines().map(|l| format!("# {l}\n")).collect::<String>());
+    print!(
+        "\n{}",
+        config
+            .routes
+            .render()
+            .lines()
+            .map(|l| format!("# {l}\n"))
+            .collect::<String>()
+    );
     eprintln!("config OK: {} (hash {})", path.display(), config.hash);
     Ok(())
 }

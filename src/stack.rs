@@ -90,7 +90,7 @@ impl Shared {
             None => None,
         };
         Ok(Self {
-            cache: Arc::new(LookupCache::new(&config.cache)),
+            cache: LookupCache::start(&config.cache),
             config: Arc::new(config),
             api_key,
             observer: metrics.clone(),

@@ -137,8 +137,13 @@ async fn the_sdk_login_sequence_works_through_the_gateway() {
 
     // A websocket without a valid token is refused by the upstream, through the gateway.
     let tcp = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
-    let url = format!("ws://{}/socket.io/?token=forged&EIO=3&transport=websocket", env.gw.addr);
-    let err = tokio_tungstenite::client_async(url.as_str(), tcp).await.unwrap_err();
+    let url = format!(
+        "ws://{}/socket.io/?token=forged&EIO=3&transport=websocket",
+        env.gw.addr
+    );
+    let err = tokio_tungstenite::client_async(url.as_str(), tcp)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
     assert!(api_keys_seen(&env, "/socket.io/").is_empty());
     env.shutdown().await;
@@ -160,7 +165,12 @@ async fn pass_routes_never_carry_an_api_key() {
         Method::OPTIONS,
     ];
     let mut sent = 0;
-    for key_header in [None, Some("x-api-key"), Some("X-API-KEY"), Some("X-Api-Key")] {
+    for key_header in [
+        None,
+        Some("x-api-key"),
+        Some("X-API-KEY"),
+        Some("X-Api-Key"),
+    ] {
         for m in &methods {
             let mut headers = vec![("authorization", bearer.as_str())];
             if let Some(h) = key_header {
@@ -280,7 +290,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Samples the gateway's RSS every 20 ms until stopped; returns the highest reading.
-fn sample_rss(pid: u32) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
+fn sample_rss(
+    pid: u32,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u64>,
+) {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut max = 0;
@@ -307,7 +322,9 @@ async fn large_uploads_and_downloads_stream_without_growing_the_gateway() {
         let req = Request::post(format!("{}/api/v3/sessions", sim_handle.base_url()))
             .header("x-api-key", KEY)
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(Bytes::from_static(VALID.as_bytes())))
+            .body(http_body_util::Full::new(Bytes::from_static(
+                VALID.as_bytes(),
+            )))
             .unwrap();
         let res = c.request(req).await.unwrap();
         let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -349,12 +366,10 @@ async fn large_uploads_and_downloads_stream_without_growing_the_gateway() {
     assert_eq!(echo["sha256"], want);
 
     // Download, hashed as it arrives.
-    let req = Request::get(format!(
-        "http://{addr}/api/v3/files/f/download?size={SIZE}"
-    ))
-    .header("authorization", format!("Bearer {token}"))
-    .body(http_body_util::Full::new(Bytes::new()))
-    .unwrap();
+    let req = Request::get(format!("http://{addr}/api/v3/files/f/download?size={SIZE}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
     let res = client().request(req).await.expect("download answered");
     assert_eq!(res.status(), StatusCode::OK);
     let mut body = res.into_body();
@@ -408,10 +423,11 @@ async fn streams_end_when_idle_not_when_slow() {
     assert_eq!(res.body.len(), 12_000);
 
     // 2000 bytes, then silence longer than the idle timeout: the body is cut.
-    let req = Request::get(env.url("/api/v3/files/f/download?size=10000&chunk=1000&silent_after=2000"))
-        .header("authorization", &auth)
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
+    let req =
+        Request::get(env.url("/api/v3/files/f/download?size=10000&chunk=1000&silent_after=2000"))
+            .header("authorization", &auth)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
     let res = client().request(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let cut = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect())
@@ -437,7 +453,10 @@ async fn streams_end_when_idle_not_when_slow() {
         }
     })
     .await;
-    assert!(closed.is_ok(), "the silent websocket is closed by the gateway");
+    assert!(
+        closed.is_ok(),
+        "the silent websocket is closed by the gateway"
+    );
 
     // Counted by kind; the tunnel gauge is back to zero.
     let mut text = String::new();
@@ -448,8 +467,15 @@ async fn streams_end_when_idle_not_when_slow() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(sample(&text, r#"gateway_stream_idle_closes_total{kind="tunnel"}"#), Some(1.0), "{text}");
-    assert!(sample(&text, r#"gateway_stream_idle_closes_total{kind="body"}"#) >= Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"gateway_stream_idle_closes_total{kind="tunnel"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, r#"gateway_stream_idle_closes_total{kind="body"}"#) >= Some(1.0),
+        "{text}"
+    );
     assert_eq!(sample(&text, "gateway_tunnels_open"), Some(0.0));
     assert_eq!(sample(&text, "gateway_tunnels_total"), Some(1.0));
     env.shutdown().await;
@@ -457,7 +483,7 @@ async fn streams_end_when_idle_not_when_slow() {
 
 const ORIGIN: &str = "https://app.example.com";
 
-fn preflight<'a>(origin: &'a str) -> Vec<(&'a str, &'a str)> {
+fn preflight(origin: &str) -> Vec<(&str, &str)> {
     vec![
         ("origin", origin),
         ("access-control-request-method", "POST"),
@@ -507,9 +533,17 @@ async fn with_cors_the_gateway_answers_preflights_and_guards_the_key() {
     assert!(res.status.is_success(), "{}", res.status);
     assert_eq!(res.headers["access-control-allow-origin"], ORIGIN);
     assert_eq!(res.headers["access-control-max-age"], "321");
-    let allowed = res.headers["access-control-allow-headers"].to_str().unwrap();
-    assert!(allowed.contains("content-type") && allowed.contains("x-api-key"), "{allowed}");
-    assert!(env.sim.requests().is_empty(), "preflights are not forwarded");
+    let allowed = res.headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        allowed.contains("content-type") && allowed.contains("x-api-key"),
+        "{allowed}"
+    );
+    assert!(
+        env.sim.requests().is_empty(),
+        "preflights are not forwarded"
+    );
 
     let session = |origin: &'static str| {
         let url = env.url("/api/v5/sessions");
@@ -526,7 +560,10 @@ async fn with_cors_the_gateway_answers_preflights_and_guards_the_key() {
     let res = session("https://evil.example.net").await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     assert_eq!(res.json()["code"], 400300);
-    assert!(env.sim.requests().is_empty(), "a foreign origin is not forwarded");
+    assert!(
+        env.sim.requests().is_empty(),
+        "a foreign origin is not forwarded"
+    );
 
     let res = session(ORIGIN).await;
     assert_eq!(res.status, StatusCode::OK);
@@ -538,8 +575,13 @@ async fn with_cors_the_gateway_answers_preflights_and_guards_the_key() {
         .map(|v| v.to_str().unwrap().to_ascii_lowercase())
         .collect();
     assert!(vary.iter().any(|v| v.contains("origin")), "{vary:?}");
-    let exposed = res.headers["access-control-expose-headers"].to_str().unwrap();
-    assert!(exposed.contains("ratelimit") && exposed.contains("x-request-id"), "{exposed}");
+    let exposed = res.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("ratelimit") && exposed.contains("x-request-id"),
+        "{exposed}"
+    );
     assert_eq!(env.sim.requests().len(), 1);
     env.shutdown().await;
 }
@@ -560,31 +602,59 @@ async fn visitor_sessions_are_validated_limited_and_keyed() {
         (serde_json::json!({"deviceId": ""}), "/deviceId"),
         (serde_json::json!({"deviceId": long}), "/deviceId"),
         (serde_json::json!({"deviceId": 7}), "/deviceId"),
-        (serde_json::json!({"deviceId": "v", "deviceInfo": "web"}), "/deviceInfo"),
-        (serde_json::json!({"deviceId": "v", "deviceInfo": {"kind": "toaster"}}), "/deviceInfo/kind"),
-        (serde_json::json!({"deviceId": "v", "deviceInfo": {"model": "m".repeat(101)}}), "/deviceInfo/model"),
-        (serde_json::json!({"deviceId": "v", "deviceInfo": {"sdkVersion": "s".repeat(31)}}), "/deviceInfo/sdkVersion"),
-        (serde_json::json!({"deviceId": "v", "authSignature": 1}), "/authSignature"),
-        (serde_json::json!({"deviceId": "v", "authSignatureExpiresAt": null}), "/authSignatureExpiresAt"),
+        (
+            serde_json::json!({"deviceId": "v", "deviceInfo": "web"}),
+            "/deviceInfo",
+        ),
+        (
+            serde_json::json!({"deviceId": "v", "deviceInfo": {"kind": "toaster"}}),
+            "/deviceInfo/kind",
+        ),
+        (
+            serde_json::json!({"deviceId": "v", "deviceInfo": {"model": "m".repeat(101)}}),
+            "/deviceInfo/model",
+        ),
+        (
+            serde_json::json!({"deviceId": "v", "deviceInfo": {"sdkVersion": "s".repeat(31)}}),
+            "/deviceInfo/sdkVersion",
+        ),
+        (
+            serde_json::json!({"deviceId": "v", "authSignature": 1}),
+            "/authSignature",
+        ),
+        (
+            serde_json::json!({"deviceId": "v", "authSignatureExpiresAt": null}),
+            "/authSignatureExpiresAt",
+        ),
     ];
     for (body, pointer) in cases {
         let res = post_json(&url, visitor(body.clone())).await;
         assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         let detail = res.json()["data"]["detail"].clone();
         assert!(
-            detail.as_array().unwrap().iter().any(|d| d["pointer"] == pointer),
+            detail
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["pointer"] == pointer),
             "{body}: {detail}"
         );
     }
     let res = post_json(&url, "{not json").await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
-    assert!(env.sim.requests().is_empty(), "nothing invalid is forwarded");
+    assert!(
+        env.sim.requests().is_empty(),
+        "nothing invalid is forwarded"
+    );
 
     // One budget per device: 5 ordinary sessions and 5 visitor sessions, then the 11th is 429.
     let device = "shared-budget-device";
     for _ in 0..5 {
         let body = format!(r#"{{"userId":"u-1","deviceId":"{device}"}}"#);
-        assert_eq!(post_json(&env.url("/api/v5/sessions"), body).await.status, StatusCode::OK);
+        assert_eq!(
+            post_json(&env.url("/api/v5/sessions"), body).await.status,
+            StatusCode::OK
+        );
     }
     let body = visitor(serde_json::json!({
         "deviceId": device,
@@ -659,7 +729,10 @@ fn check_config_prints_the_table_and_names_a_bad_route() {
     let out = run(ambiguous);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("\"one\"") && stderr.contains("\"two\"") && stderr.contains("ambiguous"), "{stderr}");
+    assert!(
+        stderr.contains("\"one\"") && stderr.contains("\"two\"") && stderr.contains("ambiguous"),
+        "{stderr}"
+    );
 }
 
 /// The real binary's whole log output, at debug level, for a session, a websocket whose token
@@ -681,7 +754,9 @@ async fn no_token_from_a_query_or_header_is_logged() {
 
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let url = format!("ws://{addr}/socket.io/?token={token}&EIO=3&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+        .await
+        .unwrap();
     let _open = ws.next().await.unwrap().unwrap();
     ws.send(Message::text("hello")).await.unwrap();
     let _echo = ws.next().await.unwrap().unwrap();
@@ -723,7 +798,10 @@ async fn no_token_from_a_query_or_header_is_logged() {
         .filter(|l| l["target"] == "access" && l["route"] == "api")
         .collect();
     assert_eq!(pass.len(), 2, "{stdout:#?}");
-    assert!(pass.iter().all(|l| l["path"] == "/api/v3/channels"), "{pass:?}");
+    assert!(
+        pass.iter().all(|l| l["path"] == "/api/v3/channels"),
+        "{pass:?}"
+    );
     let socket = lines
         .iter()
         .find(|l| l["target"] == "access" && l["route"] == "realtime")
@@ -734,9 +812,19 @@ async fn no_token_from_a_query_or_header_is_logged() {
         .iter()
         .find(|l| l["fields"]["kind"] == "tunnel" || l["kind"] == "tunnel")
         .unwrap_or_else(|| panic!("a line when the tunnel ended: {stdout:#?}"));
-    let fields = if tunnel["fields"].is_object() { &tunnel["fields"] } else { tunnel };
-    assert!(fields["bytes_from_client"].as_u64().unwrap() > 0, "{tunnel}");
-    assert!(fields["bytes_from_upstream"].as_u64().unwrap() > 0, "{tunnel}");
+    let fields = if tunnel["fields"].is_object() {
+        &tunnel["fields"]
+    } else {
+        tunnel
+    };
+    assert!(
+        fields["bytes_from_client"].as_u64().unwrap() > 0,
+        "{tunnel}"
+    );
+    assert!(
+        fields["bytes_from_upstream"].as_u64().unwrap() > 0,
+        "{tunnel}"
+    );
 }
 
 /// HTTP/2 clients (prior knowledge) reach pass routes too, without the key; a pass route's own
@@ -774,10 +862,26 @@ async fn http2_clients_pass_and_route_limits_apply() {
     assert!(api_keys_seen(&env, "/api/v3/channels").is_empty());
 
     let auth = format!("Bearer {token}");
-    let res = request(Method::POST, &env.url("/api/v4/files/"), &[("authorization", &auth)], vec![b'x'; 1001]).await;
+    let res = request(
+        Method::POST,
+        &env.url("/api/v4/files/"),
+        &[("authorization", &auth)],
+        vec![b'x'; 1001],
+    )
+    .await;
     assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(env.sim.requests().iter().all(|r| !r.path.starts_with("/api/v4/files/")));
-    let res = request(Method::POST, &env.url("/api/v4/files/"), &[("authorization", &auth)], vec![b'x'; 1000]).await;
+    assert!(env
+        .sim
+        .requests()
+        .iter()
+        .all(|r| !r.path.starts_with("/api/v4/files/")));
+    let res = request(
+        Method::POST,
+        &env.url("/api/v4/files/"),
+        &[("authorization", &auth)],
+        vec![b'x'; 1000],
+    )
+    .await;
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.json()["bodyLength"], 1000);
     env.shutdown().await;

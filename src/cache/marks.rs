@@ -6,7 +6,8 @@
 //! user in that slot. Memory does not grow with the number of users, nothing is ever evicted
 //! (an evicted mark would let a stale answer through), and users that share a slot only cost
 //! each other extra misses, never a stale hit. The hash is keyed per process, so slot sharing
-//! cannot be aimed at a chosen user.
+//! cannot be aimed at a chosen user; except with `[cache.shared]`, where every replica must
+//! hash a user alike to apply the others' facts (see [`UserMarks::replicated`]).
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,26 +16,58 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub struct UserMarks {
     slots: Box<[AtomicI64]>,
     mask: u64,
-    hasher: std::collections::hash_map::RandomState,
+    keying: Keying,
+}
+
+#[derive(Debug)]
+enum Keying {
+    Process(std::collections::hash_map::RandomState),
+    /// The same hash in every process (`cache::shared`).
+    Replicas,
 }
 
 /// A user id, hashed with the table's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserHash(u64);
 
+impl UserHash {
+    /// The hash itself, for sharing it with other replicas (see `cache::shared`).
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+}
+
 impl UserMarks {
     /// `slots` must be a power of two (the config rounds it up).
     pub fn new(slots: usize) -> Self {
+        Self::keyed(slots, Keying::Process(Default::default()))
+    }
+
+    /// A table whose users hash alike in every process, so that a user named by another
+    /// replica's fact lands in the same slot here. A slot can then be aimed at a chosen user,
+    /// which costs that user extra misses or forwarded lookups, never a stale hit.
+    pub fn replicated(slots: usize) -> Self {
+        Self::keyed(slots, Keying::Replicas)
+    }
+
+    fn keyed(slots: usize, keying: Keying) -> Self {
         let slots = slots.max(1).next_power_of_two();
         Self {
             slots: (0..slots).map(|_| AtomicI64::new(i64::MIN)).collect(),
             mask: (slots as u64) - 1,
-            hasher: std::collections::hash_map::RandomState::new(),
+            keying,
         }
     }
 
     pub fn hash(&self, user_id: &str) -> UserHash {
-        UserHash(self.hasher.hash_one(user_id))
+        UserHash(match &self.keying {
+            Keying::Process(h) => h.hash_one(user_id),
+            Keying::Replicas => super::shared::stable_hash(b"amity-gateway user\0", user_id),
+        })
     }
 
     fn slot(&self, h: UserHash) -> Option<&AtomicI64> {
@@ -82,5 +115,14 @@ mod tests {
         m.mark(u, 100);
         assert!(m.stale(&[v], 99), "one slot: v's answers go too");
         assert!(!m.stale(&[v], 100));
+    }
+
+    #[test]
+    fn replicated_tables_hash_users_alike() {
+        let (a, b) = (UserMarks::replicated(64), UserMarks::replicated(64));
+        assert_eq!(a.hash("u"), b.hash("u"));
+        assert_ne!(a.hash("u"), a.hash("v"));
+        b.mark(a.hash("u"), 100);
+        assert!(b.stale(&[b.hash("u")], 99));
     }
 }

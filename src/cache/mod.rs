@@ -7,6 +7,7 @@
 //! * [`tokens`]: which tokens may be served, and from which partition.
 //! * [`watermark`]: the purge watermark; [`marks`]: per-user freshness.
 //! * [`view`]: what the cache reads from upstream answers.
+//! * [`shared`]: the facts above shared with other replicas through Redis (`[cache.shared]`).
 //!
 //! An answer counts as gone when it is older than the TTL, fetched before the purge watermark,
 //! or fetched before the latest session of any user it contains. These checks run on every read,
@@ -29,6 +30,7 @@ pub mod marks;
 pub mod policy;
 mod scan;
 pub mod settings;
+pub mod shared;
 pub mod stats;
 pub mod store;
 pub mod tokens;
@@ -53,6 +55,7 @@ use key::{Key, Kind, Lookup};
 use marks::{UserHash, UserMarks};
 use policy::Keep;
 use settings::{CacheConfig, Scope};
+use shared::{Fact, SharedTruth};
 use stats::{CacheResult, CacheStats, Counters};
 use store::{Entry, Store};
 use tokens::{DeviceHash, Issued, Partition, TokenHash, TokenRegistry};
@@ -72,6 +75,8 @@ pub struct LookupCache {
     counters: Counters,
     ttl_us: i64,
     proven_ttl_us: i64,
+    /// Facts shared with the other replicas (`[cache.shared]`).
+    shared: Option<SharedTruth>,
 }
 
 /// What to do with a request on a route the cache watches.
@@ -141,17 +146,55 @@ fn note_outcome(res: &mut Response<Body>, result: CacheResult) {
 
 impl LookupCache {
     pub fn new(cfg: &CacheConfig) -> Self {
+        // Shared facts name users by a hash every replica computes alike.
+        let marks = || match cfg.shared {
+            Some(_) => UserMarks::replicated(cfg.user_mark_slots),
+            None => UserMarks::new(cfg.user_mark_slots),
+        };
+        let tokens = TokenRegistry::with_marks(cfg.max_tokens, cfg.proven_token_ttl, marks());
+        // Nothing learnt from the other replicas is trusted before catching up with them.
+        tokens.trust_learnt(cfg.shared.is_none());
         Self {
             store: Store::new(cfg),
-            tokens: TokenRegistry::new(cfg.max_tokens, cfg.proven_token_ttl, cfg.user_mark_slots),
+            tokens,
             watermark: Watermark::new(cfg.purge_margin),
-            marks: UserMarks::new(cfg.user_mark_slots),
+            marks: marks(),
             devices: RandomState::new(),
             counters: Counters::default(),
             ttl_us: micros(cfg.ttl),
             proven_ttl_us: micros(cfg.proven_token_ttl),
+            shared: cfg.shared.as_ref().map(SharedTruth::new),
             cfg: cfg.clone(),
         }
+    }
+
+    /// [`LookupCache::new`], sharing with the other replicas when configured (the sharing
+    /// runs on the current Tokio runtime).
+    pub fn start(cfg: &CacheConfig) -> std::sync::Arc<Self> {
+        let cache = std::sync::Arc::new(Self::new(cfg));
+        if let Some(shared) = &cache.shared {
+            shared.start(std::sync::Arc::downgrade(&cache));
+        }
+        cache
+    }
+
+    /// Tells the other replicas, if sharing.
+    fn publish(&self, fact: Fact) {
+        if let Some(shared) = &self.shared {
+            shared.publish(fact);
+        }
+    }
+
+    /// Forgets a token for good, here and on the other replicas.
+    fn forget(&self, token: &TokenHash) {
+        self.tokens.forget(token);
+        self.publish(Fact::Forget { token: *token });
+    }
+
+    /// An admin revocation of `user`'s tokens at `at_us`, here and on the other replicas.
+    fn revoke(&self, user: UserHash, at_us: i64) {
+        self.tokens.revoke_user(user, at_us);
+        self.publish(Fact::Revoke { user, at_us });
     }
 
     pub fn enabled(&self) -> bool {
@@ -182,13 +225,13 @@ impl LookupCache {
             // Forgotten as the request leaves: the upstream may act before its answer is read,
             // or the answer may never be.
             if let Some(t) = &token {
-                self.tokens.forget(t);
+                self.forget(t);
             }
             let revoke: Vec<UserHash> = key::revoked_users(uri)
                 .map(|u| self.tokens.user(&u))
                 .collect();
             for &u in &revoke {
-                self.tokens.revoke_user(u, now);
+                self.revoke(u, now);
             }
             return forward(token, None, None, revoke);
         }
@@ -267,11 +310,11 @@ impl LookupCache {
         let now = now_us();
         // Sessions sent while a revocation was in flight may predate it upstream.
         for &u in &pending.revoke {
-            self.tokens.revoke_user(u, now);
+            self.revoke(u, now);
         }
         if let Some(token) = &pending.token {
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                self.tokens.forget(token);
+                self.forget(token);
             } else if status.is_success() && pending.route == Route::VerifySession {
                 self.tokens.proven(*token, pending.sent_us, now);
                 if let Some(v) = body_bytes(res.body()) {
@@ -301,7 +344,7 @@ impl LookupCache {
     pub fn abandon(&self, pending: Pending) {
         let now = now_us();
         for &u in &pending.revoke {
-            self.tokens.revoke_user(u, now);
+            self.revoke(u, now);
         }
     }
 
@@ -373,9 +416,18 @@ impl LookupCache {
             tracing::debug!("lastCachePurge is not a date; ignored");
             return;
         };
+        self.purge_at(at, true);
+    }
+
+    /// Moves the purge watermark to a `lastCachePurge` date (µs), dropping what it purges;
+    /// `publish`: the date was seen here, not learnt from another replica.
+    fn purge_at(&self, at: i64, publish: bool) {
         match self.watermark.report(at, now_us()) {
             Advance::Unchanged => {}
             advance => {
+                if publish {
+                    self.publish(Fact::Purge { at_us: at });
+                }
                 if advance == Advance::Moved {
                     Counters::bump(&self.counters.purges);
                     tracing::info!(
@@ -399,8 +451,13 @@ impl LookupCache {
         if !self.cfg.enabled {
             return None;
         }
-        let device = DeviceHash(self.devices.hash_one(device_id));
-        self.tokens.session_sent(device);
+        let device = match self.shared {
+            Some(_) => shared::device_hash(device_id),
+            None => DeviceHash(self.devices.hash_one(device_id)),
+        };
+        if let Some(retired) = self.tokens.session_sent(device) {
+            self.publish(Fact::Forget { token: retired });
+        }
         Some(SessionPending {
             partition: Partition::of_network(api_key.as_bytes()),
             user_id: user_id.map(Into::into),
@@ -455,6 +512,7 @@ impl LookupCache {
             expires_us,
         };
         self.tokens.issued(issued, now);
+        self.publish(Fact::Issued(issued));
     }
 
     /// A date field of a session answer; one present but not a date is counted.
@@ -472,6 +530,7 @@ impl LookupCache {
         s.entries = self.store.entries();
         s.bytes = self.store.weighted_bytes();
         s.tokens = self.tokens.len();
+        s.shared = self.shared.as_ref().map(SharedTruth::stats);
         s
     }
 

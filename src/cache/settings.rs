@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::shared::{invalid, positive, ConfigError};
+use crate::config::shared::{invalid, positive, ConfigError, Secret};
 
 /// Who may be served an answer another token fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -49,6 +49,8 @@ pub struct CacheFile {
     /// `Cache-Control: private`), which stay with the token that fetched them. `"token"`: every
     /// answer only for the token that fetched it. Default `"network"`.
     pub scope: Scope,
+    /// Facts shared with the replicas using the same Redis; see `cache::shared`.
+    pub shared: super::shared::SharedFile,
 }
 
 impl Default for CacheFile {
@@ -64,6 +66,7 @@ impl Default for CacheFile {
             user_mark_slots: 65_536,
             purge_margin_ms: 1,
             scope: Scope::Network,
+            shared: Default::default(),
         }
     }
 }
@@ -82,10 +85,17 @@ pub struct CacheConfig {
     pub user_mark_slots: usize,
     pub purge_margin: Duration,
     pub scope: Scope,
+    /// `Some` when sharing is on.
+    pub shared: Option<super::shared::SharedConfig>,
 }
 
 impl CacheFile {
     pub fn resolve(&self) -> Result<CacheConfig, ConfigError> {
+        self.resolve_with(None)
+    }
+
+    /// `redis_url`: the rate limiter's, which sharing uses when it names none of its own.
+    pub fn resolve_with(&self, redis_url: Option<&Secret>) -> Result<CacheConfig, ConfigError> {
         let max_entries = positive("cache.max_entries", self.max_entries)?;
         let max_bytes = positive("cache.max_bytes", self.max_bytes)?;
         if max_bytes < max_entries {
@@ -120,6 +130,7 @@ impl CacheFile {
             user_mark_slots: slots,
             purge_margin: Duration::from_millis(self.purge_margin_ms),
             scope: self.scope,
+            shared: self.shared.resolve(redis_url)?,
         })
     }
 }

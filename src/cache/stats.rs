@@ -106,6 +106,8 @@ pub struct CacheStats {
     pub bytes: u64,
     /// Tokens remembered.
     pub tokens: u64,
+    /// The sharing with other replicas, when on.
+    pub shared: Option<super::shared::SharedStats>,
 }
 
 impl CacheStats {

@@ -22,13 +22,20 @@
 //! that user learnt from a session sent before the revocation answered, and every proven token
 //! (whose user is unknown) proven by a request sent before it.
 //!
+//! With `[cache.shared]`, tokens issued through other replicas are learnt from their facts
+//! ([`TokenRegistry::learnt`]) and enter the same maps, so one device's tokens are ordered by
+//! `issuedAt` whichever replica issued them, and tombstones and revocations apply to them
+//! alike. Learnt tokens are flagged: while the replica is not caught up with the others'
+//! facts ([`TokenRegistry::trust_learnt`]) they are not trusted, since their logouts may be
+//! among the facts not yet read.
+//!
 //! Every map is bounded; whatever they forget or refuse to admit only makes a token unknown,
 //! and an unknown token is always forwarded, so memory pressure never lets a retired token
 //! through, with one bound: a tombstone evicted early (more than `max_tokens` tokens forgotten
 //! within [`TOMBSTONE_TTL`]) lets a 2xx answer still in flight prove its token for the proven
 //! TTL.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
@@ -51,6 +58,15 @@ pub struct TokenHash([u8; 32]);
 impl TokenHash {
     pub fn of(token: &str) -> Self {
         Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The hash itself, for sharing it with other replicas (see `cache::shared`).
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
     }
 
     /// The partition of answers fetched with this token when its network is unknown.
@@ -83,9 +99,18 @@ impl Partition {
         p.copy_from_slice(&d[..16]);
         Partition(p)
     }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
 }
 
-/// A hashed deviceId (hashed with the cache's per-process key).
+/// A hashed deviceId (hashed with the cache's per-process key, or alike on every replica with
+/// `[cache.shared]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceHash(pub u64);
 
@@ -96,6 +121,8 @@ struct TokenRecord {
     device: Option<DeviceHash>,
     /// The user a session issued the token to; `None` for proven tokens.
     user: Option<UserHash>,
+    /// Learnt from another replica's fact.
+    learnt: bool,
     /// When the request that taught the token was sent (gateway clock): revocations answered
     /// after it distrust the token.
     sent_us: i64,
@@ -152,6 +179,8 @@ impl<K, V: ExpiresAt> Expiry<K, V> for AtDate {
 }
 
 /// What a session answer teaches: the token, whose it is, and when the upstream issued it.
+/// Shared as it is with the other replicas (`cache::shared`), so each applies the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Issued {
     pub token: TokenHash,
     pub partition: Partition,
@@ -175,10 +204,17 @@ pub struct TokenRegistry {
     /// When any user's tokens were last revoked: proven tokens have no known user.
     any_revoked_us: AtomicI64,
     proven_ttl_us: i64,
+    /// Whether tokens learnt from other replicas are trusted (caught up with their facts).
+    trust_learnt: AtomicBool,
 }
 
 impl TokenRegistry {
     pub fn new(max_tokens: u64, proven_ttl: Duration, user_slots: usize) -> Self {
+        Self::with_marks(max_tokens, proven_ttl, UserMarks::new(user_slots))
+    }
+
+    /// A registry whose users are hashed by `revoked` (see [`UserMarks::replicated`]).
+    pub fn with_marks(max_tokens: u64, proven_ttl: Duration, revoked: UserMarks) -> Self {
         Self {
             tokens: Cache::builder()
                 .max_capacity(max_tokens)
@@ -192,9 +228,10 @@ impl TokenRegistry {
                 .max_capacity(max_tokens)
                 .time_to_live(TOMBSTONE_TTL)
                 .build_with_hasher(ahash::RandomState::new()),
-            revoked: UserMarks::new(user_slots),
+            revoked,
             any_revoked_us: AtomicI64::new(i64::MIN),
             proven_ttl_us: micros(proven_ttl),
+            trust_learnt: AtomicBool::new(true),
         }
     }
 
@@ -205,7 +242,8 @@ impl TokenRegistry {
 
     /// A session request for `device` is being sent: the device's current token is forgotten
     /// (the upstream retires it on success, possibly before its answer is read, or ever read).
-    pub fn session_sent(&self, device: DeviceHash) {
+    /// Returns the token retired, if any.
+    pub fn session_sent(&self, device: DeviceHash) -> Option<TokenHash> {
         let mut retired = None;
         self.devices
             .entry(device)
@@ -220,12 +258,28 @@ impl TokenRegistry {
         if let Some(t) = retired {
             self.forget(&t);
         }
+        retired
     }
 
     /// A session answer issued a token: trusted, unless the device has already seen a token
     /// the upstream issued later (this one is retired) or at the same millisecond (which of
     /// the two is retired cannot be told, so neither is trusted).
     pub fn issued(&self, i: Issued, now_us: i64) {
+        self.admit(i, now_us, false);
+    }
+
+    /// Another replica's session answer issued a token: ordered with this replica's own as
+    /// [`TokenRegistry::issued`], trusted only while [`TokenRegistry::trust_learnt`] is on.
+    pub fn learnt(&self, i: Issued, now_us: i64) {
+        self.admit(i, now_us, true);
+    }
+
+    /// Whether learnt tokens are trusted: off while the replica may have missed facts.
+    pub fn trust_learnt(&self, trusted: bool) {
+        self.trust_learnt.store(trusted, Ordering::Release);
+    }
+
+    fn admit(&self, i: Issued, now_us: i64, learnt: bool) {
         if i.expires_us <= now_us || self.tombstones.contains_key(&i.token) {
             return;
         }
@@ -262,6 +316,7 @@ impl TokenRegistry {
                     partition: i.partition,
                     device: Some(i.device),
                     user: Some(i.user),
+                    learnt,
                     sent_us: i.sent_us,
                     expires_us: i.expires_us,
                 },
@@ -282,6 +337,7 @@ impl TokenRegistry {
             partition: token.private_partition(),
             device: None,
             user: None,
+            learnt: false,
             sent_us,
             expires_us: now_us.saturating_add(self.proven_ttl_us),
         });
@@ -304,7 +360,7 @@ impl TokenRegistry {
     /// The partition `token` may be served from, if it is known valid at `now_us`.
     pub fn valid(&self, token: &TokenHash, now_us: i64) -> Option<Partition> {
         let rec = self.tokens.get(token)?;
-        if rec.expires_us <= now_us {
+        if rec.expires_us <= now_us || (rec.learnt && !self.trust_learnt.load(Ordering::Acquire)) {
             return None;
         }
         match rec.user {
@@ -323,6 +379,12 @@ impl TokenRegistry {
             }
         }
         Some(rec.partition)
+    }
+
+    /// Forgets every token and device (tombstones and revocations stay).
+    pub fn clear(&self) {
+        self.tokens.invalidate_all();
+        self.devices.invalidate_all();
     }
 
     /// Tokens remembered (approximate until pending maintenance has run).
@@ -539,6 +601,45 @@ mod tests {
         // A session answer that arrives after its logout does not bring it back.
         let t = issue(&r, "s", 1, now + 1000, now);
         assert_eq!(r.valid(&t, now), None);
+    }
+
+    #[test]
+    fn learnt_tokens_are_ordered_with_own_and_trusted_only_while_caught_up() {
+        let r = reg();
+        let now = now_us();
+        let own = issue(&r, "own", 1, now, now);
+        let remote = Issued {
+            token: TokenHash::of("remote"),
+            partition: net(),
+            device: DeviceHash(1),
+            user: r.user("u"),
+            issued_us: now + 1000,
+            sent_us: now,
+            expires_us: now + DAY_US,
+        };
+        r.learnt(remote, now);
+        assert_eq!(r.valid(&own, now), None, "retired by the later one");
+        assert_eq!(r.valid(&remote.token, now), Some(net()));
+        r.trust_learnt(false);
+        assert_eq!(r.valid(&remote.token, now), None);
+        r.trust_learnt(true);
+        r.forget(&remote.token);
+        r.learnt(remote, now);
+        assert_eq!(r.valid(&remote.token, now), None, "tombstoned");
+        let own = issue(&r, "own2", 2, now, now);
+        r.learnt(
+            Issued {
+                token: TokenHash::of("older"),
+                device: DeviceHash(2),
+                issued_us: now - 1000,
+                ..remote
+            },
+            now,
+        );
+        assert_eq!(r.valid(&own, now), Some(net()), "an older learnt token");
+        assert_eq!(r.valid(&TokenHash::of("older"), now), None);
+        r.clear();
+        assert_eq!(r.valid(&own, now), None);
     }
 
     #[test]

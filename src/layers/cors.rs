@@ -97,7 +97,9 @@ impl CorsFile {
                 .map_err(|_| invalid("cors.allowed_origins", format!("{o:?} is not an origin")))?;
             let plain = matches!(uri.scheme_str(), Some("http" | "https"))
                 && uri.authority().is_some()
-                && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p == "/")
+                && uri
+                    .path_and_query()
+                    .is_none_or(|p| p.as_str().is_empty() || p == "/")
                 && !o.ends_with('/');
             if !plain {
                 return Err(invalid(
@@ -106,8 +108,9 @@ impl CorsFile {
                 ));
             }
             origins.push(
-                HeaderValue::from_str(o)
-                    .map_err(|_| invalid("cors.allowed_origins", format!("{o:?} is not an origin")))?,
+                HeaderValue::from_str(o).map_err(|_| {
+                    invalid("cors.allowed_origins", format!("{o:?} is not an origin"))
+                })?,
             );
         }
         Ok(Some(Cors {
@@ -209,7 +212,13 @@ mod tests {
         };
         assert!(with("https://app.example.com").resolve().unwrap().is_some());
         assert!(with("http://localhost:3000").resolve().unwrap().is_some());
-        for bad in ["*", "app.example.com", "https://app.example.com/", "https://a.b/path", "ftp://x"] {
+        for bad in [
+            "*",
+            "app.example.com",
+            "https://app.example.com/",
+            "https://a.b/path",
+            "ftp://x",
+        ] {
             let err = with(bad).resolve().unwrap_err().to_string();
             assert!(err.contains("cors.allowed_origins"), "{bad}: {err}");
         }
@@ -217,6 +226,10 @@ mod tests {
             exposed_headers: vec!["bad header".into()],
             ..with("https://a.b")
         };
-        assert!(f.resolve().unwrap_err().to_string().contains("cors.exposed_headers"));
+        assert!(f
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("cors.exposed_headers"));
     }
 }

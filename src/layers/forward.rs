@@ -207,7 +207,7 @@ where
             append_forwarded_for(headers, &client.ip);
         }
         self.inner
-            .call(Request::from_parts(parts, body.into()))
+            .call(Request::from_parts(parts, body))
             .map_ok(clean_response as fn(_) -> _)
     }
 }

@@ -265,10 +265,7 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
 impl<S, B> Service<Request<B>> for Pass<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -334,11 +331,7 @@ where
                 return Ok(res);
             }
             let upstream_side = hyper::upgrade::on(&mut res);
-            let answered = res
-                .headers()
-                .get(header::UPGRADE)
-                .cloned()
-                .unwrap_or(proto);
+            let answered = res.headers().get(header::UPGRADE).cloned().unwrap_or(proto);
             set_upgrade_headers(res.headers_mut(), answered);
             tokio::spawn(tunnel(client_side, upstream_side, idle, stats));
             Ok(res)
@@ -371,19 +364,19 @@ async fn tunnel(
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
         loop {
-        let deadline = activity.last() + idle;
-        tokio::select! {
-            r = &mut copy => break match r {
-                Ok(_) => "closed",
-                Err(_) => "error",
-            },
-            () = tokio::time::sleep_until(deadline.into()) => {
-                if activity.last() + idle <= Instant::now() {
-                    stats.idle_tunnels.fetch_add(1, Ordering::Relaxed);
-                    break "idle";
+            let deadline = activity.last() + idle;
+            tokio::select! {
+                r = &mut copy => break match r {
+                    Ok(_) => "closed",
+                    Err(_) => "error",
+                },
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if activity.last() + idle <= Instant::now() {
+                        stats.idle_tunnels.fetch_add(1, Ordering::Relaxed);
+                        break "idle";
+                    }
                 }
             }
-        }
         }
     };
     stats.tunnels_open.fetch_sub(1, Ordering::Relaxed);
@@ -486,7 +479,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(requested_upgrade(Version::HTTP_11, &h).is_none());
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert_eq!(
             requested_upgrade(Version::HTTP_11, &h).unwrap().0,
             "websocket"
@@ -533,7 +529,10 @@ mod tests {
                 .await
                 .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
         });
-        (Feeder(tx), Body::stream(http_body_util::StreamBody::new(stream)))
+        (
+            Feeder(tx),
+            Body::stream(http_body_util::StreamBody::new(stream)),
+        )
     }
 
     struct Feeder(tokio::sync::mpsc::Sender<Bytes>);

@@ -305,7 +305,8 @@ where
         }
         let method = req.method().clone();
         req.extensions_mut().insert(RequestId(id.clone()));
-        let span = tracing::debug_span!("request", request_id = id_field(&id), route = route.name());
+        let span =
+            tracing::debug_span!("request", request_id = id_field(&id), route = route.name());
         let inner = span.in_scope(|| self.inner.call(req)).instrument(span);
         TraceFuture {
             inner,

@@ -97,6 +97,40 @@ fn a_good_file_swaps_in_keeping_the_parts_whose_settings_are_unchanged() {
     );
 }
 
+/// `[cache.shared]` reloads with `[cache]`: unchanged, the cache (and its link) is kept; a new
+/// Redis for it, named directly or through the limiter's URL it falls back to, is a new cache.
+#[test]
+fn the_shared_cache_link_is_kept_until_its_redis_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let shared = |url: &str| {
+        format!(
+            "requests = 10\n[rate_limit.redis]\nurl = \"{url}\"\n[cache.shared]\nenabled = true\n"
+        )
+    };
+    write(&path, &shared("redis://127.0.0.1:1/"));
+    let (mut r, current) = reloader(&path);
+    let before = current.load_full();
+    assert!(before.config.cache.shared.is_some());
+
+    crate::reload::tests::replace(
+        &path,
+        &std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[server]\n", "[server]\nrequest_timeout_ms = 14000\n"),
+    );
+    assert!(r.reload("test").unwrap().cache);
+    assert!(Arc::ptr_eq(&before.cache, &current.load_full().cache));
+
+    write(&path, &shared("redis+sentinel://127.0.0.1:2/mymaster"));
+    let kept = r.reload("test").unwrap();
+    assert!(
+        !kept.cache && kept.rate_limit,
+        "the limiter's backend is local"
+    );
+    assert!(!Arc::ptr_eq(&before.cache, &current.load_full().cache));
+}
+
 #[test]
 fn a_bad_file_or_a_new_listener_keeps_the_running_config_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();

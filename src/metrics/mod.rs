@@ -12,6 +12,9 @@
 //! | `gateway_cache_requests_total` | counter | `cache`: user, user_list, file; `result`: hit, miss, bypass |
 //! | `gateway_cache_entries` | gauge | `cache` |
 //! | `gateway_cache_purges_total` | counter | |
+//! | `gateway_cache_shared_synced` | gauge | 1 while `[cache.shared]` is caught up with the other replicas' facts; 0 while on local truth (or sharing is off) |
+//! | `gateway_cache_shared_facts_total` | counter | `direction`: published, applied |
+//! | `gateway_cache_shared_resets_total` | counter | |
 //! | `gateway_inflight_requests` | gauge | |
 //! | `gateway_refusals_total` | counter | `reason`: concurrency, streams, connections, connections_per_ip |
 //! | `gateway_accept_errors_total` | counter | |
@@ -49,11 +52,11 @@ use crate::cache::stats::CacheResult;
 use crate::cache::LookupCache;
 use crate::error::{ApiError, BoxError, GatewayError};
 use crate::layers::admission::{Refusal, Refusals};
+use crate::layers::pass::{StreamCounts, StreamStats};
 use crate::layers::rescue::OnError;
 use crate::layers::trace::{Finished, Observer};
 use crate::layers::validate::OnReject;
 use crate::ratelimit::{BackendKind, RateLimitStats, Verdict};
-use crate::layers::pass::{StreamCounts, StreamStats};
 use crate::routes::RouteLabel;
 use crate::server::{Health, MetricsRender};
 use children::Children;
@@ -89,6 +92,9 @@ pub struct Metrics {
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
     cache_purges: Mirror,
+    cache_shared_synced: IntGauge,
+    cache_shared_facts: [Mirror; 2],
+    cache_shared_resets: Mirror,
     inflight: IntGauge,
     draining: IntGauge,
     tunnels_open: IntGauge,
@@ -234,6 +240,19 @@ impl Metrics {
             "gateway_cache_purges_total",
             "Times a newer lastCachePurge dropped the cached entries.",
         )?)?;
+        let cache_shared_synced = reg.add(IntGauge::new(
+            "gateway_cache_shared_synced",
+            "1 while the cache is caught up with the other replicas' facts; 0 while it serves on this replica's own.",
+        )?)?;
+        let cache_shared_facts = reg.add(counter_vec(
+            "gateway_cache_shared_facts_total",
+            "Cache facts (purges, issued and forgotten tokens) published to and applied from the other replicas.",
+            &["direction"],
+        )?)?;
+        let cache_shared_resets = reg.add(IntCounter::new(
+            "gateway_cache_shared_resets_total",
+            "Times the cache dropped its tokens and answers because it could not tell which shared facts it missed.",
+        )?)?;
         let inflight = reg.add(IntGauge::new(
             "gateway_inflight_requests",
             "Requests being handled.",
@@ -307,6 +326,10 @@ impl Metrics {
         })?;
         let cache_entries = cache_entries.get_metric_with_label_values(&[LOOKUP_STORE])?;
         let cache_bytes = cache_bytes.get_metric_with_label_values(&[LOOKUP_STORE])?;
+        let cache_shared_facts = [
+            cache_shared_facts.get_metric_with_label_values(&["published"])?,
+            cache_shared_facts.get_metric_with_label_values(&["applied"])?,
+        ];
 
         Ok(Self {
             registry: reg.registry,
@@ -322,6 +345,9 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             cache_purges: Mirror::new(cache_purges),
+            cache_shared_synced,
+            cache_shared_facts: cache_shared_facts.map(Mirror::new),
+            cache_shared_resets: Mirror::new(cache_shared_resets),
             inflight,
             draining,
             tunnels_open,
@@ -535,6 +561,12 @@ impl Metrics {
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         self.cache_bytes
             .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        let shared = stats.shared.unwrap_or_default();
+        self.cache_shared_synced.set(i64::from(shared.synced));
+        let [published, applied] = &self.cache_shared_facts;
+        published.follow(shared.published);
+        applied.follow(shared.applied);
+        self.cache_shared_resets.follow(shared.resets);
     }
 }
 

@@ -194,7 +194,11 @@ fn draining_follows_health_and_build_info_names_the_version() {
         .resolve()
         .unwrap();
     let cache = Arc::new(crate::cache::LookupCache::new(&settings));
-    let render = m.render(health.clone(), move || (cache.clone(), None), Default::default());
+    let render = m.render(
+        health.clone(),
+        move || (cache.clone(), None),
+        Default::default(),
+    );
     let text = |r: &MetricsRender| String::from_utf8(r().1).unwrap();
     assert_eq!(value(&text(&render), "gateway_draining"), Some(0.0));
     health.start_draining();

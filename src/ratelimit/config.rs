@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::shared::{invalid, ConfigError, Secret};
+use crate::redis_link::RedisTarget;
 
 /// Largest `requests` accepted: keeps the sliding-window arithmetic (`requests × window_ms`)
 /// exact in the Redis script, whose Lua numbers are doubles.
@@ -61,8 +62,11 @@ impl Default for RateLimitFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisFile {
-    /// `redis://[:password@]host:port[/db]` (or `rediss://`). Required when `backend = "redis"`.
-    /// Env `GATEWAY_REDIS_URL`. Default: none.
+    /// Required when `backend = "redis"`. Env `GATEWAY_REDIS_URL`. Default: none. One server:
+    /// `redis://[:password@]host:port[/db]`; a Cluster by its seed nodes:
+    /// `redis+cluster://[:password@]host:port,host:port,…`; a Sentinel-managed primary:
+    /// `redis+sentinel://[:password@]sentinel:port,sentinel:port,…/master-name[/db]` (the
+    /// password is the data nodes'). See `redis_link`.
     pub url: Option<Secret>,
     /// Budget of one decision's round trip; past it `on_backend_error` decides. Default 5 ms.
     pub timeout_ms: u64,
@@ -179,7 +183,7 @@ pub struct SketchSize {
 /// a password).
 #[derive(Clone, PartialEq)]
 pub struct RedisConfig {
-    pub url: String,
+    pub target: RedisTarget,
     pub timeout: Duration,
     pub key_prefix: String,
 }
@@ -187,7 +191,7 @@ pub struct RedisConfig {
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &"****")
+            .field("target", &self.target)
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
             .finish()
@@ -251,13 +255,16 @@ impl RateLimitFile {
                     })?;
                 // Parsed now so a typo fails start-up; connecting happens later, in the
                 // background, so a Redis that is down does not.
-                // Only the error's kind is shown: its message may quote the URL and a password.
-                redis::Client::open(url.as_str()).map_err(|e| {
-                    invalid(
-                        "rate_limit.redis.url",
-                        format!("not a Redis URL ({:?})", e.kind()),
-                    )
-                })?;
+                let target =
+                    RedisTarget::parse(&url).map_err(|e| invalid("rate_limit.redis.url", e))?;
+                if target.is_cluster() && per_ip.is_some() {
+                    // A device's key and an IP's key hash to different slots, and one script
+                    // may touch one slot only.
+                    return Err(invalid(
+                        "rate_limit.per_ip.requests",
+                        "the per-IP limit cannot be combined with a Redis Cluster (its keys and the device's live in different slots); set it to 0",
+                    ));
+                }
                 if self.redis.timeout_ms == 0 {
                     return Err(invalid(
                         "rate_limit.redis.timeout_ms",
@@ -265,7 +272,7 @@ impl RateLimitFile {
                     ));
                 }
                 Some(RedisConfig {
-                    url,
+                    target,
                     timeout: Duration::from_millis(self.redis.timeout_ms),
                     key_prefix: self.redis.key_prefix.clone(),
                 })
@@ -356,5 +363,32 @@ mod tests {
         f.redis.url = Some(Secret("http://:secret@x".into()));
         let err = f.resolve().unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls_resolve_and_a_cluster_refuses_the_per_ip_limit() {
+        let mut f = RateLimitFile {
+            backend: BackendKind::Redis,
+            ..RateLimitFile::default()
+        };
+        f.redis.url = Some(Secret("redis+sentinel://s1,s2,s3/mymaster".into()));
+        let c = f.resolve().unwrap().unwrap();
+        assert!(matches!(
+            c.redis.unwrap().target,
+            RedisTarget::Sentinel { .. }
+        ));
+        f.redis.url = Some(Secret("redis+cluster://:pw@n1:7000,n2:7000".into()));
+        assert!(f
+            .resolve()
+            .unwrap()
+            .unwrap()
+            .redis
+            .unwrap()
+            .target
+            .is_cluster());
+        f.per_ip.requests = 100;
+        let err = f.resolve().unwrap_err().to_string();
+        assert!(err.contains("rate_limit.per_ip.requests"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
     }
 }

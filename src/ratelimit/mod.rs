@@ -276,10 +276,10 @@ impl RateLimiter {
     /// Builds the sketches and, for Redis, the client; connecting happens in the background
     /// so that a Redis that is down does not stop start-up.
     pub fn new(cfg: &RateLimitConfig) -> Result<Self, String> {
-        let redis = match &cfg.redis {
-            Some(r) => Some(RedisLimiter::new(r, cfg.session, cfg.per_ip)?),
-            None => None,
-        };
+        let redis = cfg
+            .redis
+            .as_ref()
+            .map(|r| RedisLimiter::new(r, cfg.session, cfg.per_ip));
         Ok(Self {
             session: cfg.session,
             per_ip: cfg.per_ip,

@@ -6,25 +6,24 @@
 //! the request only when every policy admits it. Windows are numbered from Redis's own clock
 //! (`TIME`), so replicas whose clocks disagree still share window boundaries.
 //!
-//! A key is one hash per device (`<prefix>:session:<window_secs>:<deviceId>`, and per IP when
-//! that limit is on) whose fields are window numbers; fields older than the previous window are
+//! A key is one hash per device (`<prefix>:session:<window_secs>:{<deviceId>}`, and per IP when
+//! that limit is on) whose fields are window numbers; the braces are a Cluster hash tag, so on
+//! a Cluster a device's budget is one key on one primary; fields older than the previous window are
 //! deleted when a new one is created, and the hash expires when its newest counter stops
 //! mattering. One key per limited thing keeps every key the script touches declared in `KEYS`.
 //!
-//! The connection is a [`ConnectionManager`] (multiplexed, reconnects by itself). It is made in
-//! the background, retried until Redis answers, so a Redis that is down at start-up delays
-//! nothing: until then every decision is a fallback. Each call has a time budget; a call that
+//! The connection is a [`RedisLink`]: one server, a Cluster or a Sentinel-managed primary,
+//! (re)connected in the background, so a Redis that is down at start-up, resharding or failing
+//! over delays nothing: until it answers every decision is a fallback. Each call has a time budget; a call that
 //! misses it is a fallback too (the script may still have counted the request in Redis, which
 //! can only make the shared count stricter).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 use super::{Decision, Key, Quota, RedisConfig, Source, Tally};
+use crate::redis_link::RedisLink;
 
 /// KEYS: one hash per policy. ARGV: `limit, window_ms` per policy, in the same order.
 ///
@@ -93,20 +92,8 @@ impl fmt::Display for RemoteError {
 
 impl std::error::Error for RemoteError {}
 
-/// Reconnection policy: one retry per attempt (the ConnectionManager's backoff starts at 1 s),
-/// bounded connect and response times, so a Redis that comes back is used again within seconds.
-fn manager_config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_number_of_retries(1)
-        .set_max_delay(1_000)
-        .set_connection_timeout(Duration::from_secs(1))
-        .set_response_timeout(Duration::from_secs(1))
-}
-
 pub struct RedisLimiter {
-    client: redis::Client,
-    conn: Arc<OnceLock<ConnectionManager>>,
-    connecting: AtomicBool,
+    link: Arc<RedisLink>,
     script: redis::Script,
     timeout: Duration,
     session: Quota,
@@ -116,15 +103,11 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// Parses the URL; starts connecting in the background if a Tokio runtime is running (else
-    /// on the first decision).
-    pub fn new(cfg: &RedisConfig, session: Quota, per_ip: Option<Quota>) -> Result<Self, String> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| format!("rate_limit.redis.url: not a Redis URL ({:?})", e.kind()))?;
-        let this = Self {
-            client,
-            conn: Arc::new(OnceLock::new()),
-            connecting: AtomicBool::new(false),
+    /// Starts connecting in the background if a Tokio runtime is running (else on the first
+    /// decision).
+    pub fn new(cfg: &RedisConfig, session: Quota, per_ip: Option<Quota>) -> Self {
+        Self {
+            link: RedisLink::new(cfg.target.clone(), "rate limit backend"),
             script: redis::Script::new(SCRIPT),
             timeout: cfg.timeout,
             session,
@@ -135,64 +118,21 @@ impl RedisLimiter {
                 cfg.key_prefix,
                 per_ip.map_or(0, |q| q.window_secs())
             ),
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            this.connect_in_background();
         }
-        Ok(this)
-    }
-
-    /// Starts the one task that makes the first connection, retrying until Redis answers; it
-    /// ends once connected (the manager reconnects by itself from then on) or when the limiter
-    /// is dropped.
-    fn connect_in_background(&self) {
-        if self.connecting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let cell: Weak<OnceLock<ConnectionManager>> = Arc::downgrade(&self.conn);
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            let mut warned = false;
-            loop {
-                match ConnectionManager::new_with_config(client.clone(), manager_config()).await {
-                    Ok(manager) => {
-                        if let Some(cell) = cell.upgrade() {
-                            let _ = cell.set(manager);
-                            tracing::info!("rate limit backend connected");
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        if !warned {
-                            tracing::warn!(kind = ?e.kind(), "rate limit backend unreachable; retrying in the background");
-                            warned = true;
-                        }
-                    }
-                }
-                if cell.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        });
     }
 
     /// One atomic decision in Redis, within the time budget.
     pub async fn check(&self, key: Key<'_>) -> Result<Decision, RemoteError> {
-        let Some(conn) = self.conn.get() else {
-            self.connect_in_background();
+        let Some(mut conn) = self.link.conn() else {
             return Err(RemoteError::NotConnected);
         };
-        let mut conn = conn.clone();
         let mut call = self.script.prepare_invoke();
-        call.key(format!("{}{}", self.session_prefix, key.device))
+        call.key(tagged(&self.session_prefix, key.device))
             .arg(self.session.requests.get())
             .arg(window_ms(self.session));
         let ip = match (self.per_ip, key.ip) {
             (Some(q), Some(addr)) => {
-                call.key(format!("{}{}", self.ip_prefix, addr))
+                call.key(tagged(&self.ip_prefix, addr))
                     .arg(q.requests.get())
                     .arg(window_ms(q));
                 Some(q)
@@ -201,10 +141,23 @@ impl RedisLimiter {
         };
         let reply: Vec<i64> = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
             .await
-            .map_err(|_| RemoteError::Timeout)?
-            .map_err(|e| RemoteError::Redis(e.kind()))?;
+            .map_err(|_| {
+                self.link.timed_out();
+                RemoteError::Timeout
+            })?
+            .map_err(|e| {
+                self.link.failed(&e);
+                RemoteError::Redis(e.kind())
+            })?;
+        self.link.succeeded();
         decode(&reply, self.session, ip)
     }
+}
+
+/// `<prefix>{<id>}`: the braces are a Cluster hash tag, so a key's slot depends on the device
+/// (or IP) alone and every key of one device lives on one primary, whatever the prefix.
+fn tagged(prefix: &str, id: impl fmt::Display) -> String {
+    format!("{prefix}{{{id}}}")
 }
 
 fn window_ms(q: Quota) -> u64 {

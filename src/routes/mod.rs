@@ -77,9 +77,7 @@ impl Route {
     pub fn fixed_method(self) -> Option<Method> {
         match self {
             Route::Session(_) | Route::VisitorSession => Some(Method::POST),
-            Route::VerifySession | Route::User | Route::UserList | Route::File => {
-                Some(Method::GET)
-            }
+            Route::VerifySession | Route::User | Route::UserList | Route::File => Some(Method::GET),
             Route::Logout => Some(Method::DELETE),
             Route::Pass | Route::Deny => None,
         }
@@ -161,7 +159,9 @@ where
         if let Some(m) = matched {
             if m.route == Route::Pass {
                 // Read before the hop-by-hop headers that carry it go.
-                if let Some(u) = crate::layers::pass::requested_upgrade(req.version(), req.headers()) {
+                if let Some(u) =
+                    crate::layers::pass::requested_upgrade(req.version(), req.headers())
+                {
                     req.extensions_mut().insert(u);
                 }
             }

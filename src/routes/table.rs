@@ -160,9 +160,19 @@ pub fn default_routes() -> Vec<RouteFile> {
         session("session_v4", "/api/v4/sessions", S::V4),
         session("session_v5", "/api/v5/sessions", S::V5),
         session("session_visitor", "/api/v5/sessions/visitor", S::Visitor),
-        lookup("verify_session", "GET", "/api/v3/sessions", L::VerifySession),
+        lookup(
+            "verify_session",
+            "GET",
+            "/api/v3/sessions",
+            L::VerifySession,
+        ),
         lookup("logout", "DELETE", "/api/v4/sessions", L::Logout),
-        lookup("revoke_user", "DELETE", "/api/v4/sessions/users/{userId}", L::Logout),
+        lookup(
+            "revoke_user",
+            "DELETE",
+            "/api/v4/sessions/users/{userId}",
+            L::Logout,
+        ),
         lookup("user", "GET", "/api/v3/users/{userId}", L::User),
         lookup("user_list", "GET", "/api/v3/users/list", L::UserList),
         lookup("file", "GET", "/api/v3/files/{fileId}", L::File),
@@ -280,7 +290,10 @@ impl RouteTable {
     /// route (by name, or by position when the name itself is bad) and what is wrong.
     pub fn compile(routes: &[RouteFile], idle_timeout: Duration) -> Result<Self, ConfigError> {
         if routes.is_empty() {
-            return Err(invalid("routes", "the table is empty: nothing would be served"));
+            return Err(invalid(
+                "routes",
+                "the table is empty: nothing would be served",
+            ));
         }
         if routes.len() > MAX_LABELS {
             return Err(invalid(
@@ -348,12 +361,13 @@ impl RouteTable {
 
     /// The effective table as text, one route a line in matching order (for `check-config`).
     pub fn render(&self) -> String {
-        let mut out = String::from("routes (most specific first; the first that allows the method wins):\n");
+        let mut out =
+            String::from("routes (most specific first; the first that allows the method wins):\n");
         for e in self.entries.iter() {
-            let methods = e
-                .methods
-                .as_ref()
-                .map_or_else(|| "*".to_owned(), |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(","));
+            let methods = e.methods.as_ref().map_or_else(
+                || "*".to_owned(),
+                |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+            );
             let _ = write!(
                 out,
                 "  {:<16} {:<8} {:<28} {}",
@@ -419,10 +433,7 @@ fn compile_one(r: &RouteFile, idle_timeout: Duration) -> Result<Entry, String> {
         }
         if let Some(f) = &fixed {
             if ms.len() != 1 || ms[0] != *f {
-                return Err(format!(
-                    "a {} route serves {f} only",
-                    route.policy()
-                ));
+                return Err(format!("a {} route serves {f} only", route.policy()));
             }
         }
         Some(ms.into_boxed_slice())
@@ -459,33 +470,32 @@ fn compile_one(r: &RouteFile, idle_timeout: Duration) -> Result<Entry, String> {
 
 /// The route's role from its policy and that policy's one option.
 fn role(r: &RouteFile) -> Result<Route, String> {
-    let route = match (r.policy, r.schema, r.lookup) {
-        (PolicyName::Session, Some(s), None) => match s {
-            SchemaName::V3 => Route::Session(ApiVersion::V3),
-            SchemaName::V4 => Route::Session(ApiVersion::V4),
-            SchemaName::V5 => Route::Session(ApiVersion::V5),
-            SchemaName::Visitor => Route::VisitorSession,
-        },
-        (PolicyName::Session, None, _) => {
-            return Err("a session route needs `schema` (v3, v4, v5 or visitor)".into())
-        }
-        (PolicyName::Lookup, None, Some(l)) => match l {
-            LookupName::User => Route::User,
-            LookupName::UserList => Route::UserList,
-            LookupName::File => Route::File,
-            LookupName::VerifySession => Route::VerifySession,
-            LookupName::Logout => Route::Logout,
-        },
-        (PolicyName::Lookup, _, None) => {
-            return Err(
+    let route =
+        match (r.policy, r.schema, r.lookup) {
+            (PolicyName::Session, Some(s), None) => match s {
+                SchemaName::V3 => Route::Session(ApiVersion::V3),
+                SchemaName::V4 => Route::Session(ApiVersion::V4),
+                SchemaName::V5 => Route::Session(ApiVersion::V5),
+                SchemaName::Visitor => Route::VisitorSession,
+            },
+            (PolicyName::Session, None, _) => {
+                return Err("a session route needs `schema` (v3, v4, v5 or visitor)".into())
+            }
+            (PolicyName::Lookup, None, Some(l)) => match l {
+                LookupName::User => Route::User,
+                LookupName::UserList => Route::UserList,
+                LookupName::File => Route::File,
+                LookupName::VerifySession => Route::VerifySession,
+                LookupName::Logout => Route::Logout,
+            },
+            (PolicyName::Lookup, _, None) => return Err(
                 "a lookup route needs `lookup` (user, user_list, file, verify_session or logout)"
                     .into(),
-            )
-        }
-        (PolicyName::Pass, None, None) => Route::Pass,
-        (PolicyName::Deny, None, None) => Route::Deny,
-        _ => return Err("`schema` is for session routes, `lookup` for lookup routes".into()),
-    };
+            ),
+            (PolicyName::Pass, None, None) => Route::Pass,
+            (PolicyName::Deny, None, None) => Route::Deny,
+            _ => return Err("`schema` is for session routes, `lookup` for lookup routes".into()),
+        };
     Ok(route)
 }
 
@@ -569,10 +579,18 @@ mod tests {
             (Method::POST, "/api/v3/sessions", Some("session_v3")),
             (Method::POST, "/api/v4/sessions", Some("session_v4")),
             (Method::POST, "/api/v5/sessions", Some("session_v5")),
-            (Method::POST, "/api/v5/sessions/visitor", Some("session_visitor")),
+            (
+                Method::POST,
+                "/api/v5/sessions/visitor",
+                Some("session_visitor"),
+            ),
             (Method::GET, "/api/v3/sessions", Some("verify_session")),
             (Method::DELETE, "/api/v4/sessions", Some("logout")),
-            (Method::DELETE, "/api/v4/sessions/users/u-1", Some("revoke_user")),
+            (
+                Method::DELETE,
+                "/api/v4/sessions/users/u-1",
+                Some("revoke_user"),
+            ),
             (Method::GET, "/api/v3/users/u-1", Some("user")),
             (Method::GET, "/api/v3/users/list", Some("user_list")),
             (Method::GET, "/api/v3/files/f-1", Some("file")),
@@ -601,10 +619,18 @@ mod tests {
         for (m, p, want) in cases {
             assert_eq!(name(&t, m.clone(), p), want, "{m} {p}");
         }
-        let m = t.matches(&Method::POST, "/api/v5/sessions/visitor").unwrap();
+        let m = t
+            .matches(&Method::POST, "/api/v5/sessions/visitor")
+            .unwrap();
         assert_eq!(m.route, Route::VisitorSession);
         let m = t.matches(&Method::GET, "/socket.io/?x").unwrap();
-        assert_eq!(m.pass, Some(PassLimits { idle_timeout: IDLE, max_body_bytes: None }));
+        assert_eq!(
+            m.pass,
+            Some(PassLimits {
+                idle_timeout: IDLE,
+                max_body_bytes: None
+            })
+        );
     }
 
     #[test]
@@ -637,27 +663,54 @@ mod tests {
         let ok = route("fine", &[], "/api/*", PolicyName::Pass);
         let cases: Vec<(RouteFile, &str)> = vec![
             (route("Bad-Name", &[], "/x/*", PolicyName::Pass), "Bad-Name"),
-            (route("unmatched", &[], "/x/*", PolicyName::Pass), "unmatched"),
-            (route("no_slash", &[], "api/*", PolicyName::Pass), "no_slash"),
+            (
+                route("unmatched", &[], "/x/*", PolicyName::Pass),
+                "unmatched",
+            ),
+            (
+                route("no_slash", &[], "api/*", PolicyName::Pass),
+                "no_slash",
+            ),
             (route("dots", &[], "/api/../*", PolicyName::Pass), "dots"),
-            (route("escape", &[], "/api/%2e/x", PolicyName::Pass), "escape"),
-            (route("half_param", &[], "/api/v{n}/x", PolicyName::Pass), "half_param"),
+            (
+                route("escape", &[], "/api/%2e/x", PolicyName::Pass),
+                "escape",
+            ),
+            (
+                route("half_param", &[], "/api/v{n}/x", PolicyName::Pass),
+                "half_param",
+            ),
             (route("lower", &["get"], "/y", PolicyName::Pass), "lower"),
             (route("sess", &[], "/s", PolicyName::Session), "sess"),
-            (session("sess_get", "/s", SchemaName::V3).with_methods(&["GET"]), "sess_get"),
-            (lookup("user_lit", "GET", "/api/v3/users/me", LookupName::User), "user_lit"),
             (
-                RouteFile { idle_timeout_ms: Some(5), ..session("sess_idle", "/s", SchemaName::V3) },
+                session("sess_get", "/s", SchemaName::V3).with_methods(&["GET"]),
+                "sess_get",
+            ),
+            (
+                lookup("user_lit", "GET", "/api/v3/users/me", LookupName::User),
+                "user_lit",
+            ),
+            (
+                RouteFile {
+                    idle_timeout_ms: Some(5),
+                    ..session("sess_idle", "/s", SchemaName::V3)
+                },
                 "sess_idle",
             ),
             (
-                RouteFile { prefix: Some("/p/".into()), ..route("both", &[], "/x", PolicyName::Pass) },
+                RouteFile {
+                    prefix: Some("/p/".into()),
+                    ..route("both", &[], "/x", PolicyName::Pass)
+                },
                 "both",
             ),
         ];
         for (bad, needle) in cases {
             let msg = err(&[ok.clone(), bad]);
-            assert!(msg.contains(needle) && msg.contains("routes"), "{needle}: {msg}");
+            assert!(
+                msg.contains(needle) && msg.contains("routes"),
+                "{needle}: {msg}"
+            );
         }
         let msg = err(&[ok.clone(), route("fine", &[], "/other/*", PolicyName::Pass)]);
         assert!(msg.contains("\"fine\"") && msg.contains("twice"), "{msg}");
@@ -665,8 +718,14 @@ mod tests {
             route("a", &["GET", "POST"], "/api/v3/{x}", PolicyName::Pass),
             route("b", &["POST"], "/api/v3/{y}", PolicyName::Deny),
         ]);
-        assert!(msg.contains("\"a\"") && msg.contains("\"b\"") && msg.contains("ambiguous"), "{msg}");
-        let msg = err(&[ok.clone(), route("again", &["GET"], "/api/*", PolicyName::Deny)]);
+        assert!(
+            msg.contains("\"a\"") && msg.contains("\"b\"") && msg.contains("ambiguous"),
+            "{msg}"
+        );
+        let msg = err(&[
+            ok.clone(),
+            route("again", &["GET"], "/api/*", PolicyName::Deny),
+        ]);
         assert!(msg.contains("ambiguous"), "{msg}");
         assert!(err(&[]).contains("empty"));
         // Same shape, disjoint methods: fine.

@@ -372,8 +372,8 @@ impl Simulator {
                 .is_some_and(|t| lock(&self.world).token_valid(&t));
             return stream::websocket(&parts.headers, valid, on_upgrade);
         }
-        let authorized = crate::wire::bearer(&parts.headers)
-            .is_some_and(|t| lock(&self.world).token_valid(t));
+        let authorized =
+            crate::wire::bearer(&parts.headers).is_some_and(|t| lock(&self.world).token_valid(t));
         if !authorized {
             return routes::unauthorized();
         }

@@ -104,7 +104,10 @@ pub(crate) fn is_streamed(method: &Method, path: &str) -> bool {
     let modelled = match *method {
         Method::POST => matches!(
             path,
-            "/api/v3/sessions" | "/api/v4/sessions" | "/api/v5/sessions" | "/api/v5/sessions/visitor"
+            "/api/v3/sessions"
+                | "/api/v4/sessions"
+                | "/api/v5/sessions"
+                | "/api/v5/sessions/visitor"
         ),
         Method::GET => {
             path == "/api/v3/sessions"
@@ -242,7 +245,11 @@ fn create_session(
 
 /// `POST /api/v5/sessions/visitor`: a session for a device without a user of its own; the
 /// user is made up from the deviceId, as the upstream does for visitors.
-fn create_visitor_session(world: &mut World, api_key: &str, req: &ApiRequest<'_>) -> Response<SimBody> {
+fn create_visitor_session(
+    world: &mut World,
+    api_key: &str,
+    req: &ApiRequest<'_>,
+) -> Response<SimBody> {
     if !has_api_key(req.headers, api_key) {
         return unauthorized();
     }

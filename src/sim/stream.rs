@@ -71,8 +71,8 @@ pub(crate) fn websocket(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-            .await;
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         let open = json!({"sid": super::world::hex(&rand::random::<[u8; 10]>()),
             "upgrades": [], "pingInterval": 25000, "pingTimeout": 5000});
         if ws.send(format!("0{open}").into()).await.is_err() {
@@ -186,6 +186,9 @@ mod tests {
         let res = download(Some("size=100000&chunk=7000"));
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 100_000);
-        assert!(body.iter().enumerate().all(|(i, b)| *b == download_byte(i as u64)));
+        assert!(body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == download_byte(i as u64)));
     }
 }

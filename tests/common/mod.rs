@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis_servers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,18 @@ impl TestEnv {
     pub async fn start_with(edit: impl FnOnce(&mut FileConfig)) -> Self {
         let (sim, sim_handle) = start_sim().await;
         let sim_addr = sim_handle.addr;
+        let mut env = Self::start_on(sim, sim_addr, edit).await;
+        env.sim_handle = Some(sim_handle);
+        env
+    }
+
+    /// A gateway in front of a simulator already running at `sim_addr` (replicas sharing one
+    /// upstream); the caller keeps the simulator's handle.
+    pub async fn start_on(
+        sim: Arc<Simulator>,
+        sim_addr: SocketAddr,
+        edit: impl FnOnce(&mut FileConfig),
+    ) -> Self {
         let mut file = base_config(sim_addr);
         edit(&mut file);
         let config = file
@@ -85,7 +98,7 @@ impl TestEnv {
         }));
         Self {
             sim,
-            sim_handle: Some(sim_handle),
+            sim_handle: None,
             sim_addr,
             gw,
             cache,
