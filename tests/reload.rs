@@ -232,3 +232,67 @@ async fn sighup_and_file_changes_reload_limits_bad_files_and_new_listeners_are_r
     }
     sim_handle.stop().await;
 }
+
+/// Streams outlive a reload: a websocket and a slow download opened before a SIGHUP keep going
+/// on the configuration they started with and complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_and_a_download_open_across_a_reload_complete() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (_sim, sim_handle) = start_sim().await;
+    let (mut gw, dir) =
+        GatewayProcess::start(&config(sim_handle.addr, "127.0.0.1:0", "requests = 10", ""));
+    let path = dir.path().join("gateway.toml");
+    let (addr, _admin) = gw.addrs();
+    let res = post_json(&format!("http://{addr}/api/v5/sessions"), VALID).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let token = res.json()["accessToken"].as_str().unwrap().to_owned();
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/socket.io/?token={token}&EIO=3&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+        .await
+        .unwrap();
+    let open = ws.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with("0{"));
+
+    // 20 chunks 100 ms apart: still streaming when the reload lands.
+    let download = {
+        let url =
+            format!("http://{addr}/api/v3/files/f/download?size=20000&chunk=1000&interval_ms=100");
+        let auth = format!("Bearer {token}");
+        tokio::spawn(
+            async move { request(Method::GET, &url, &[("authorization", &auth)], "").await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replace(
+        &path,
+        &config(sim_handle.addr, "127.0.0.1:0", "requests = 3", ""),
+    );
+    gw.hup();
+    logged(&mut gw, "config reloaded", "sighup");
+
+    ws.send(Message::text("after the reload")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the websocket still answers")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, Message::text("after the reload"));
+    let res = download.await.unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(
+        res.body.len(),
+        20_000,
+        "the download completed across the reload"
+    );
+    ws.close(None).await.unwrap();
+    // The new limits apply to sessions that start now.
+    assert_eq!(
+        sessions(addr, "device-after-ws-0001", 4).await,
+        OK3_THEN_429
+    );
+    gw.terminate();
+}
