@@ -10,6 +10,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+mod io;
 pub mod layers;
 pub mod live;
 pub mod logging;

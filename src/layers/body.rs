@@ -142,7 +142,7 @@ fn is_identity(headers: &HeaderMap) -> bool {
     })
 }
 
-fn declared_len(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn declared_len(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)?
         .to_str()

@@ -23,7 +23,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
@@ -286,11 +286,7 @@ where
         let max_body = limits.and_then(|l| l.max_body_bytes);
         let format = ErrorFormat::from_headers(req.headers());
         if let Some(max) = max_body {
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
+            if super::body::declared_len(req.headers()).is_some_and(|n| n > max) {
                 let res = ApiError::PayloadTooLarge {
                     limit: usize::try_from(max).unwrap_or(usize::MAX),
                 }
@@ -429,21 +425,7 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for Watched<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-}
+crate::io::write_through!(Watched);
 
 /// Waits for an answer's head: `timeout` after the request's last activity (its last body
 /// byte), re-armed while the body still moves.
