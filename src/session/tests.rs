@@ -710,6 +710,24 @@ fn lone_surrogate_in_known_field_is_bad_request() {
     assert!(detail.starts_with("malformed JSON"), "{detail}");
 }
 
+/// Inside a value of the wrong type, a lone surrogate key is skipped as under an unknown field:
+/// the body is readable, the field is merely not a string (found by the `session` fuzz target).
+#[test]
+fn lone_surrogate_key_inside_a_wrongly_typed_field_is_a_type_violation() {
+    let body = br#"{"userId":{"\ud800":1,"a":[{"\udc00":{}}]},"deviceId":"d","x":{"\ud800":1}}"#;
+    for ver in ApiVersion::ALL {
+        assert_eq!(
+            validate(ver, body, &OPEN),
+            Err(ApiError::Invalid(vec![v("/userId", NOT_STRING)]))
+        );
+    }
+    let body = br#"{"userId":"u","deviceId":"d","deviceInfo":{"model":{"\ud800":1}}}"#;
+    assert_eq!(
+        validate(ApiVersion::V4, body, &OPEN),
+        Err(ApiError::Invalid(vec![v("/deviceInfo/model", NOT_STRING)]))
+    );
+}
+
 #[test]
 fn trailing_garbage_is_bad_request() {
     for body in [
