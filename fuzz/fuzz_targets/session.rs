@@ -87,13 +87,16 @@ impl Members {
 /// A field read as a string: `Some(Ok)` a string, `Some(Err(()))` another type.
 type Field = Option<Result<String, ()>>;
 
-/// The string value of `raw`, `Err(())` when it is another type, or `None` when it is a
-/// string serde_json cannot decode (half a surrogate pair).
+/// The string value of `raw`, `Err(())` when it is another type, or `None` when the gateway
+/// cannot read it: a string serde_json cannot decode (half a surrogate pair), or an object
+/// whose own keys are not text (the gateway reads them as text while it skips the object).
 fn string(raw: &RawValue) -> Option<Result<String, ()>> {
-    if raw.get().starts_with('"') {
-        serde_json::from_str::<String>(raw.get()).ok().map(Ok)
-    } else {
-        Some(Err(()))
+    match raw.get().as_bytes()[0] {
+        b'"' => serde_json::from_str::<String>(raw.get()).ok().map(Ok),
+        b'{' => serde_json::from_str::<Members>(raw.get())
+            .ok()
+            .map(|_| Err(())),
+        _ => Some(Err(())),
     }
 }
 
