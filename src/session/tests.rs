@@ -710,6 +710,25 @@ fn lone_surrogate_in_known_field_is_bad_request() {
     assert!(detail.starts_with("malformed JSON"), "{detail}");
 }
 
+/// The keys directly inside a known field's object value are read as text: one that is not
+/// (a lone surrogate escape, a raw control character) makes the body a 400, where the same
+/// key under an unknown field passes. Such a body is refused either way (the field is not a
+/// string); reading those keys as raw bytes instead would let raw control characters through
+/// (both found by the `session` fuzz target).
+#[test]
+fn keys_inside_a_wrongly_typed_known_field_must_be_text() {
+    for body in [
+        &br#"{"userId":{"\ud800":1},"deviceId":"d"}"#[..],
+        b"{\"userId\":{\"a\x03\":1},\"deviceId\":\"d\"}",
+        br#"{"userId":"u","deviceId":"d","deviceInfo":{"model":{"\udc00":1}}}"#,
+    ] {
+        let detail = bad_request(ApiVersion::V4, body);
+        assert!(detail.starts_with("malformed JSON"), "{detail}");
+    }
+    let body = br#"{"userId":"u","deviceId":"d","x":{"\ud800":1},"y":[{"\udc00":1}]}"#;
+    assert!(validate(ApiVersion::V4, body, &OPEN).is_ok());
+}
+
 #[test]
 fn trailing_garbage_is_bad_request() {
     for body in [
