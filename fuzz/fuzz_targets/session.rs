@@ -29,7 +29,7 @@ fuzz_target!(|body: &[u8]| {
                     assert_eq!(
                         facts,
                         &SessionFacts {
-                            user_id: user_id.as_str().into(),
+                            user_id: Some(user_id.as_str().into()),
                             device_id: device_id.as_str().into(),
                         }
                     );
