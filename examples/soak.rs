@@ -380,7 +380,7 @@ async fn soak(args: &Args, panics: &AtomicU64) -> Result<Vec<String>, BoxError> 
             fds.push(open_fds());
             fds_after_warmup.get_or_insert(open_fds());
         }
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             println!(
                 "soak: {tick:>5} s: {} requests, RSS {} KiB, {} fds",
                 tally.requests.load(Ordering::Relaxed),
