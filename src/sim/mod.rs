@@ -29,8 +29,9 @@
 //!
 //! * `GET /_sim/requests`: JSON array of [`RecordedRequest`]; `DELETE /_sim/requests` clears it.
 //! * `POST /_sim/purge`: moves `lastCachePurge` strictly forward, answers `{"lastCachePurge": …}`.
-//! * `PUT /_sim/faults` with `{"latency_ms": N, "failure_rate": F}` (both optional);
-//!   `GET /_sim/faults` reads them back.
+//! * `PUT /_sim/faults` with `{"latency_ms": N, "failure_rate": F, "reset_rate": R}` (each
+//!   optional); `GET /_sim/faults` reads them back. A reset closes the connection without an
+//!   answer, as a crashed or cut-off upstream does.
 //!
 //! Every other request is recorded (method, path + query, headers, body) BEFORE any check, so a
 //! test sees exactly what the gateway sent, including requests the simulator rejects.
@@ -76,6 +77,9 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Fraction (0.0 to 1.0) of non-control requests answered with a 500 envelope.
     pub failure_rate: f64,
+    /// Fraction (0.0 to 1.0) of non-control requests whose connection is closed without an
+    /// answer (every request in flight on that connection loses its answer too).
+    pub reset_rate: f64,
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -84,6 +88,7 @@ impl std::fmt::Debug for SimConfig {
             .field("api_key", &"****")
             .field("latency", &self.latency)
             .field("failure_rate", &self.failure_rate)
+            .field("reset_rate", &self.reset_rate)
             .finish()
     }
 }
@@ -95,6 +100,7 @@ impl SimConfig {
             api_key: api_key.into(),
             latency: Duration::ZERO,
             failure_rate: 0.0,
+            reset_rate: 0.0,
         }
     }
 }
@@ -150,6 +156,7 @@ impl RecordedRequest {
 struct Faults {
     latency: Duration,
     failure_rate: f64,
+    reset_rate: f64,
 }
 
 /// The upstream simulator. Cheap to share: all state is behind mutexes held only for a few
@@ -193,6 +200,7 @@ impl Simulator {
             faults: Mutex::new(Faults {
                 latency: cfg.latency,
                 failure_rate: sanitize_rate(cfg.failure_rate),
+                reset_rate: sanitize_rate(cfg.reset_rate),
             }),
             requests: Mutex::new(Vec::new()),
             record: std::sync::atomic::AtomicBool::new(true),
@@ -230,17 +238,32 @@ impl Simulator {
             };
             let _ = stream.set_nodelay(true);
             let sim = Arc::clone(&self);
-            let service = service_fn(move |req| {
+            // A reset fault fires this; the connection's task then drops the connection.
+            let reset = Arc::new(tokio::sync::Notify::new());
+            let fire = Arc::clone(&reset);
+            let service = service_fn(move |req: Request<Incoming>| {
                 let sim = Arc::clone(&sim);
-                async move { Ok::<_, Infallible>(sim.handle(req).await) }
+                let fire = Arc::clone(&fire);
+                async move {
+                    if sim.draws_reset(req.uri().path()) {
+                        fire.notify_one();
+                        // Never answered: the connection is dropped under this request.
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Infallible>(sim.handle(req).await)
+                }
             });
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    tracing::debug!(error = %err, "simulator connection ended with an error");
+                tokio::select! {
+                    res = conn => if let Err(err) = res {
+                        tracing::debug!(error = %err, "simulator connection ended with an error");
+                    },
+                    // Dropping the connection closes its socket with nothing more written.
+                    () = reset.notified() => {}
                 }
             });
         }
@@ -339,6 +362,18 @@ impl Simulator {
         lock(&self.faults).failure_rate = sanitize_rate(r);
     }
 
+    /// Fraction of non-control requests whose connection is closed without an answer
+    /// (clamped to 0.0..=1.0; NaN means 0).
+    pub fn set_reset_rate(&self, r: f64) {
+        lock(&self.faults).reset_rate = sanitize_rate(r);
+    }
+
+    /// Whether a request for `path` draws the reset fault (control calls never do).
+    fn draws_reset(&self, path: &str) -> bool {
+        let rate = lock(&self.faults).reset_rate;
+        rate > 0.0 && !is_control(path) && rand::random::<f64>() < rate
+    }
+
     /// The current `lastCachePurge`, ISO-8601 with milliseconds and `Z`.
     #[must_use]
     pub fn last_cache_purge(&self) -> String {
@@ -392,7 +427,7 @@ impl Simulator {
         }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();
-        if path == "/_sim" || path.starts_with("/_sim/") {
+        if is_control(path) {
             let body = match Limited::new(body, routes::MAX_BODY_BYTES).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(_) => return routes::bad_request(),
@@ -465,12 +500,11 @@ impl Simulator {
                         None => return routes::bad_request(),
                     },
                 };
-                let rate = match obj.get("failure_rate") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => match v.as_f64() {
-                        Some(r) if (0.0..=1.0).contains(&r) => Some(r),
-                        _ => return routes::bad_request(),
-                    },
+                let (Ok(rate), Ok(reset)) = (
+                    rate_field(&obj, "failure_rate"),
+                    rate_field(&obj, "reset_rate"),
+                ) else {
+                    return routes::bad_request();
                 };
                 let mut faults = lock(&self.faults);
                 if let Some(d) = latency {
@@ -478,6 +512,9 @@ impl Simulator {
                 }
                 if let Some(r) = rate {
                     faults.failure_rate = r;
+                }
+                if let Some(r) = reset {
+                    faults.reset_rate = r;
                 }
                 faults_json(&faults)
             }
@@ -487,11 +524,30 @@ impl Simulator {
     }
 }
 
+fn is_control(path: &str) -> bool {
+    path == "/_sim" || path.starts_with("/_sim/")
+}
+
+/// An optional rate in 0.0..=1.0 from the faults body; `Err` when present but not one.
+fn rate_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<f64>, ()> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(r) if (0.0..=1.0).contains(&r) => Ok(Some(r)),
+            _ => Err(()),
+        },
+    }
+}
+
 fn faults_json(f: &Faults) -> Response<SimBody> {
     let latency_ms = u64::try_from(f.latency.as_millis()).unwrap_or(u64::MAX);
     routes::json_response(
         StatusCode::OK,
-        &json!({"latency_ms": latency_ms, "failure_rate": f.failure_rate}),
+        &json!({
+            "latency_ms": latency_ms,
+            "failure_rate": f.failure_rate,
+            "reset_rate": f.reset_rate,
+        }),
     )
 }
 

@@ -659,7 +659,10 @@ async fn faults_delay_and_fail_api_calls() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json, json!({"latency_ms": 80, "failure_rate": 1.0}));
+    assert_eq!(
+        r.json,
+        json!({"latency_ms": 80, "failure_rate": 1.0, "reset_rate": 0.0})
+    );
 
     let started = Instant::now();
     let r = f.session(3, json!({"userId": "u", "deviceId": "d"})).await;
@@ -684,6 +687,42 @@ async fn faults_delay_and_fail_api_calls() {
     f.sim.set_failure_rate(f64::NAN);
     let r = f.session(3, json!({"userId": "u", "deviceId": "d"})).await;
     assert_eq!(r.status, StatusCode::OK, "NaN rate means no failures");
+}
+
+/// reset_rate 1.0 closes the connection without an answer (the client sees a transport error,
+/// never a status), control calls are exempt, and a bad rate is refused; back at 0 every call
+/// is answered again.
+#[tokio::test]
+async fn reset_fault_closes_the_connection_without_an_answer() {
+    let f = start().await;
+    let r = f
+        .call(Method::PUT, "/_sim/faults", &[], r#"{"reset_rate": 1.5}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = f
+        .call(Method::PUT, "/_sim/faults", &[], r#"{"reset_rate": 1.0}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json["reset_rate"], json!(1.0));
+
+    let req = Request::post(format!("http://{}/api/v3/sessions", f.handle.addr))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"userId":"u","deviceId":"d"}"#,
+        )))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), f.client.request(req))
+        .await
+        .expect("the reset comes at once, not as a hang");
+    assert!(res.is_err(), "a reset is a transport error: {res:?}");
+    assert_eq!(f.sim.requests().len(), 0, "reset before recording");
+
+    let r = f.call(Method::GET, "/_sim/faults", &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "control calls are never reset");
+    f.sim.set_reset_rate(0.0);
+    let r = f.session(3, json!({"userId": "u", "deviceId": "d"})).await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 /// HTTP/2 with prior knowledge is served on the same port.
