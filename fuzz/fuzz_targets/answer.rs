@@ -15,6 +15,8 @@ use serde_json::Value;
 struct Oracle {
     #[serde(rename = "accessToken", default, deserialize_with = "present")]
     access_token: Option<Value>,
+    #[serde(rename = "issuedAt", default, deserialize_with = "present")]
+    issued_at: Option<Value>,
     #[serde(rename = "expiresAt", default, deserialize_with = "present")]
     expires_at: Option<Value>,
     #[serde(rename = "lastCachePurge", default, deserialize_with = "present")]
@@ -77,6 +79,7 @@ fuzz_target!(|doc: &[u8]| {
     if let Ok(tree) = serde_json::from_slice::<Oracle>(doc) {
         let v = session.expect("serde_json reads, the session view does not");
         assert_eq!(loose(&v.access_token), field(&tree.access_token));
+        assert_eq!(loose(&v.issued_at), field(&tree.issued_at));
         assert_eq!(loose(&v.expires_at), field(&tree.expires_at));
         assert_eq!(loose(&v.last_cache_purge), field(&tree.last_cache_purge));
         assert_eq!(v.users.0, user_ids(&tree.users));
