@@ -285,18 +285,35 @@ mod tests {
     }
 
     /// What the view must read, as serde_json reads it: a derived struct refuses a repeated
-    /// field and keys that are not text, as the view does.
+    /// field and keys that are not text, as the view does. A field is `None` only when absent:
+    /// `null` is present (the view reads it as `Loose::Other`), which a plain `Option` would
+    /// read as absent.
     #[derive(serde::Deserialize)]
     struct Oracle {
-        #[serde(rename = "accessToken")]
+        #[serde(rename = "accessToken", default, deserialize_with = "present")]
         access_token: Option<serde_json::Value>,
-        #[serde(rename = "issuedAt")]
+        #[serde(rename = "issuedAt", default, deserialize_with = "present")]
         issued_at: Option<serde_json::Value>,
-        #[serde(rename = "expiresAt")]
+        #[serde(rename = "expiresAt", default, deserialize_with = "present")]
         expires_at: Option<serde_json::Value>,
-        #[serde(rename = "lastCachePurge")]
+        #[serde(rename = "lastCachePurge", default, deserialize_with = "present")]
         last_cache_purge: Option<serde_json::Value>,
+        #[serde(default, deserialize_with = "present")]
         users: Option<serde_json::Value>,
+    }
+
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<serde_json::Value>, D::Error> {
+        serde::Deserialize::deserialize(d).map(Some)
+    }
+
+    #[test]
+    fn a_null_field_is_present_and_not_a_string() {
+        let v = SessionAnswer::read(br#"{"accessToken":"t","expiresAt":null}"#).unwrap();
+        assert_eq!(loose(&v.expires_at), Some(None));
+        let o: Oracle = serde_json::from_slice(br#"{"accessToken":"t","expiresAt":null}"#).unwrap();
+        assert_eq!(field(&o.expires_at), Some(None));
     }
 
     fn field(v: &Option<serde_json::Value>) -> Option<Option<String>> {
