@@ -669,6 +669,19 @@ mod tests {
     }
 
     /// Waits (bounded) until `cond` holds; no timing is asserted, only the condition.
+    /// Reads a request head off `s`; false when the peer closed (or failed) first.
+    async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
     async fn until(cond: impl Fn() -> bool, what: &str) {
         for _ in 0..500 {
             if cond() {
@@ -738,14 +751,8 @@ mod tests {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    got.extend_from_slice(&buf[..n]);
+                if !read_head(&mut s).await {
+                    continue;
                 }
                 s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await
@@ -788,13 +795,8 @@ mod tests {
                 count.fetch_add(1, Ordering::SeqCst);
                 let hang = hang.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_head(&mut s).await {
+                        return;
                     }
                     let _ = s
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
