@@ -15,6 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 
 use crate::error::BoxError;
+use crate::layers::hold::Sending;
 
 /// A complete body, or a stream passed through.
 pub struct Body {
@@ -25,6 +26,8 @@ enum Kind {
     /// Complete bytes, taken by the first poll.
     Full(Bytes),
     Stream(UnsyncBoxBody<Bytes, BoxError>),
+    /// On its way to the client, in watched chunks (`layers::hold`).
+    Sending(Box<Sending>),
 }
 
 impl Body {
@@ -51,17 +54,33 @@ impl Body {
         }
     }
 
+    /// A body on its way to the client (`layers::hold`).
+    pub fn sending(s: Sending) -> Self {
+        Self {
+            kind: Kind::Sending(Box::new(s)),
+        }
+    }
+
     /// The bytes of a complete body not yet sent; `None` for a stream.
     pub fn bytes(&self) -> Option<&Bytes> {
         match &self.kind {
             Kind::Full(b) => Some(b),
             Kind::Stream(_) => None,
+            Kind::Sending(s) => s.bytes(),
+        }
+    }
+
+    /// The bytes of a complete body, or the body itself when it is not one.
+    pub fn into_bytes(self) -> Result<Bytes, Self> {
+        match self.kind {
+            Kind::Full(b) => Ok(b),
+            kind => Err(Self { kind }),
         }
     }
 
     /// Whether the body is a stream (not complete bytes).
     pub fn is_stream(&self) -> bool {
-        matches!(self.kind, Kind::Stream(_))
+        self.bytes().is_none()
     }
 }
 
@@ -76,6 +95,7 @@ impl std::fmt::Debug for Body {
         match &self.kind {
             Kind::Full(b) => write!(f, "Body::Full({} bytes)", b.len()),
             Kind::Stream(_) => f.write_str("Body::Stream"),
+            Kind::Sending(_) => f.write_str("Body::Sending"),
         }
     }
 }
@@ -116,6 +136,7 @@ impl http_body::Body for Body {
             Kind::Full(b) if b.is_empty() => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(b))))),
             Kind::Stream(s) => Pin::new(s).poll_frame(cx),
+            Kind::Sending(s) => s.poll_frame(cx),
         }
     }
 
@@ -123,6 +144,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Full(b) => b.is_empty(),
             Kind::Stream(s) => s.is_end_stream(),
+            Kind::Sending(s) => s.is_end_stream(),
         }
     }
 
@@ -130,6 +152,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.len() as u64),
             Kind::Stream(s) => s.size_hint(),
+            Kind::Sending(s) => s.size_hint(),
         }
     }
 }

@@ -90,6 +90,13 @@ pub struct ServerFile {
     /// During the drain, an idle HTTP/1 keep-alive connection is closed after this grace (a
     /// request it sends before then is answered, with `Connection: close`). Default 1000 ms.
     pub drain_idle_grace_ms: u64,
+    /// Bytes of complete answers held at once, on every connection together, while clients
+    /// take them; an answer past it gets 503. At least `upstream.max_response_bytes`.
+    /// Default 32 MiB.
+    pub answer_budget_bytes: usize,
+    /// Time a client gets to take each chunk (64 KiB) of an answer; a connection holding one
+    /// longer is closed. Default 30000 ms.
+    pub send_timeout_ms: u64,
 }
 
 impl Default for ServerFile {
@@ -116,6 +123,8 @@ impl Default for ServerFile {
             http2_keep_alive_timeout_ms: 10_000,
             http2_idle_timeout_ms: 60_000,
             drain_idle_grace_ms: 1_000,
+            answer_budget_bytes: 32 << 20,
+            send_timeout_ms: 30_000,
         }
     }
 }
@@ -289,6 +298,8 @@ pub struct Config {
     pub body_rate_grace: Duration,
     pub max_uri_bytes: usize,
     pub max_header_bytes: usize,
+    /// Bytes of complete answers held at once (`layers::hold`).
+    pub answer_budget: usize,
     /// Connection lifecycle and caps, for the listener.
     pub connections: Connections,
     /// 0: `TOKIO_WORKER_THREADS`, else one per usable CPU; N: N. One means a current-thread runtime.
@@ -326,6 +337,7 @@ pub struct Connections {
     pub http2_idle_timeout: Duration,
     pub drain_idle_grace: Duration,
     pub drain_timeout: Duration,
+    pub send_timeout: Duration,
 }
 
 impl Connections {
@@ -351,6 +363,7 @@ impl ServerFile {
             http2_idle_timeout: ms(self.http2_idle_timeout_ms),
             drain_idle_grace: ms(self.drain_idle_grace_ms),
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            send_timeout: ms(self.send_timeout_ms),
         }
     }
 }
@@ -577,6 +590,7 @@ impl FileConfig {
                 s.http2_keep_alive_timeout_ms,
             ),
             ("server.http2_idle_timeout_ms", s.http2_idle_timeout_ms),
+            ("server.send_timeout_ms", s.send_timeout_ms),
         ] {
             positive(key, v)?;
         }
@@ -593,8 +607,19 @@ impl FileConfig {
                 format!("must be at most {HYPER_MAX_HEAD}"),
             ));
         }
+        // A smaller budget would refuse every answer between the two.
+        if s.answer_budget_bytes < u.max_response_bytes {
+            return Err(invalid(
+                "server.answer_budget_bytes",
+                format!(
+                    "must be at least upstream.max_response_bytes ({})",
+                    u.max_response_bytes
+                ),
+            ));
+        }
         Ok(Config {
             min_body_rate: s.min_body_rate_bytes_per_sec,
+            answer_budget: s.answer_budget_bytes,
             body_rate_grace: Duration::from_millis(s.body_rate_grace_ms),
             max_uri_bytes: s.max_uri_bytes,
             max_header_bytes: s.max_header_bytes,

@@ -219,7 +219,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         ),
         ("[tls]", old.tls != new.tls),
         (
-            "[server] connection limits and timeouts (max_connections*, max_streams_per_connection, http2_*, first_bytes_timeout_ms, drain_idle_grace_ms)",
+            "[server] connection limits and timeouts (max_connections*, max_streams_per_connection, http2_*, first_bytes_timeout_ms, drain_idle_grace_ms, send_timeout_ms)",
             old.connections != new.connections,
         ),
         ("log.format", old.log.format != new.log.format),

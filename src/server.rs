@@ -13,6 +13,9 @@
 //! a request in progress, at most `max_streams_per_connection` requests in progress: more get
 //! 503 in the envelope, counted).
 //!
+//! Answers on their way out are watched (`layers::hold`): a connection holding a chunk of an
+//! answer its client has not taken within `send_timeout` is closed, with all its streams.
+//!
 //! The drain loses nothing: on shutdown readiness turns false, connections already waiting in
 //! the listener's backlog are taken, then the listener closes. Connections keep serving: every
 //! HTTP/1 answer carries `Connection: close` (the client knows not to send again), an HTTP/1
@@ -56,6 +59,7 @@ use crate::config::{Connections, HYPER_MAX_HEAD};
 use crate::error::{ApiError, Body, ErrorFormat};
 use crate::layers::admission::{Refusal, Refusals};
 use crate::layers::forward::ClientAddr;
+use crate::layers::hold::{Ledger, Watcher};
 use caps::ConnCaps;
 use detect::Protocol;
 use sniff::{FactsQueue, Sniff};
@@ -254,9 +258,11 @@ where
         }
     };
     let state = Arc::new(ConnState::default());
+    let ledger = Arc::new(Ledger::default());
     let mut svc = ConnService {
         inner: service,
         client: ClientAddr::new(peer),
+        watcher: Watcher(ledger.clone()),
         state: state.clone(),
         facts: None,
         draining: shared.draining.clone(),
@@ -264,48 +270,61 @@ where
         max_streams: cfg.max_streams_per_connection,
     };
     let mut drain = shared.drain.clone();
-    let result = match protocol {
-        Protocol::Http1 => {
-            let facts = Arc::new(FactsQueue::default());
-            svc.facts = Some(facts.clone());
-            let io = TokioIo::new(Sniff::new(io, facts));
-            let conn = shared
-                .h1
-                .serve_connection(io, TowerToHyperService::new(svc))
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = drain_started(&mut drain) => {
-                    // Idle now or after its answer: closed after the grace, not at once, so a
-                    // request already on its way is answered.
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        () = tokio::time::sleep(cfg.drain_idle_grace) => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
+    let served = async move {
+        match protocol {
+            Protocol::Http1 => {
+                let facts = Arc::new(FactsQueue::default());
+                svc.facts = Some(facts.clone());
+                let io = TokioIo::new(Sniff::new(io, facts));
+                let conn = shared
+                    .h1
+                    .serve_connection(io, TowerToHyperService::new(svc))
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = drain_started(&mut drain) => {
+                        // Idle now or after its answer: closed after the grace, not at once, so a
+                        // request already on its way is answered.
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                                    () = tokio::time::sleep(cfg.drain_idle_grace) => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
                         }
                     }
                 }
             }
-        }
-        Protocol::Http2 => {
-            let conn = shared
-                .h2
-                .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = drain_started(&mut drain) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = state.idle_for(cfg.http2_idle_timeout) => {
-                    tracing::debug!(%peer, "idle http2 connection closed");
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            Protocol::Http2 => {
+                let conn = shared
+                    .h2
+                    .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = drain_started(&mut drain) => {
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                                }
+                    }
+                    () = state.idle_for(cfg.http2_idle_timeout) => {
+                        tracing::debug!(%peer, "idle http2 connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
             }
+        }
+    };
+    // An answer the client stopped taking ends the connection, whatever stage it is at.
+    let result = tokio::select! {
+        r = served => r,
+        () = ledger.stalled(cfg.send_timeout) => {
+            shared.refusals.send_stalled();
+            tracing::debug!(%peer, "an answer was not taken within the send timeout; connection closed");
+            Ok(())
         }
     };
     if let Err(e) = result {
@@ -372,6 +391,7 @@ impl ConnState {
 struct ConnService<S> {
     inner: S,
     client: ClientAddr,
+    watcher: Watcher,
     state: Arc<ConnState>,
     facts: Option<Arc<FactsQueue>>,
     draining: Arc<AtomicBool>,
@@ -394,6 +414,7 @@ where
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.client.clone());
+        req.extensions_mut().insert(self.watcher.clone());
         if let Some(f) = self.facts.as_ref().and_then(|q| q.pop()) {
             req.extensions_mut().insert(f);
         }

@@ -3,6 +3,8 @@
 //! - **trace**: request id, route match (once per request), span, access log, request metrics.
 //!   Outside rescue (DESIGN puts rescue first) so that it sees the final status of every
 //!   request, rescued errors included, and stamps `x-request-id` on error responses too.
+//! - **hold**: every answer goes out under the answer budget (503 past it, which trace sees)
+//!   and the send watch of its connection (`layers::hold`).
 //! - **rescue**: every `Err` and panic becomes an envelope response; hyper never sees an `Err`.
 //!   It sees every infrastructure error, so it is where upstream errors are counted by kind.
 //! - **framing**: HTTP framing rules and the gateway's URI/head limits (`layers::framing`),
@@ -53,6 +55,7 @@ use crate::layers::api_key::{ApiKey, ApiKeyLayer};
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
 use crate::layers::framing::FramingLayer;
+use crate::layers::hold::HoldLayer;
 use crate::layers::lookup_cache::LookupCacheLayer;
 use crate::layers::pass::{PassLayer, StreamStats};
 use crate::layers::rate_limit::RateLimitLayer;
@@ -175,6 +178,7 @@ where
 
     ServiceBuilder::new()
         .layer(TraceLayer::new(shared.observer.clone(), table).access(AccessLog::new(&cfg.log)))
+        .layer(HoldLayer::new(cfg.answer_budget, shared.metrics.refusals()))
         .layer(RescueLayer::new().on_error(shared.metrics.on_error()))
         .layer(FramingLayer::new(cfg.max_uri_bytes, cfg.max_header_bytes))
         .option_layer(cfg.cors.as_ref().map(|c| c.layer()))

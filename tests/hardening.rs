@@ -593,3 +593,147 @@ async fn running_out_of_file_descriptors_is_survived_counted_and_logged() {
     gw.terminate();
     sim_handle.stop().await;
 }
+
+/// 256 HTTP/2 streams of `users/list` answers (about 100 KiB each) from a client that never
+/// grants a stream window: the answers held stay within the budget (the rest get 503,
+/// counted), the gateway's memory grows by at most the budget and a margin, and after the send
+/// timeout the connection is closed with its streams, every byte given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_client_never_takes_stay_within_the_budget_and_end_with_the_send_timeout() {
+    const STREAMS: usize = 256;
+    const BATCH: usize = 4;
+    const BUDGET: u64 = 4 << 20;
+    // Beside the answers held: HTTP/2 state of 256 streams, a batch of answers being read from
+    // the upstream, the upstream connections, and the allocator's slack.
+    const MARGIN: u64 = 8 << 20;
+    // Long enough for every stream to be opened before the first stalled answer ends the
+    // connection, even on a loaded machine.
+    const SEND_TIMEOUT_MS: u64 = 15_000;
+    let (sim, sim_handle) = start_sim().await;
+    sim.set_recording(false);
+    let mut token = String::new();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let id = format!("list-user-{i:03}");
+        token = sim_session(
+            &sim_handle,
+            &format!(
+                r#"{{"userId":"{id}","deviceId":"list-device-{i:03}","deviceInfo":{{"kind":"ios","model":"iPhone15,2","sdkVersion":"6.35.3"}},"displayName":"User {i}"}}"#
+            ),
+        )
+        .await;
+        ids.push(format!("userIds={id}"));
+    }
+    let (mut gw, _dir) = GatewayProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         answer_budget_bytes = {BUDGET}\nsend_timeout_ms = {SEND_TIMEOUT_MS}\n\
+         [upstream]\nurl = \"http://{}\"\nmax_response_bytes = 1048576\n\
+         [rate_limit]\nenabled = false\n[cache]\nenabled = false\n[log]\naccess = false\n",
+        sim_handle.addr
+    ));
+    let (addr, admin) = gw.addrs();
+    let path = format!("/api/v3/users/list?{}", ids.join("&"));
+    let bearer = format!("Bearer {token}");
+    // Warm up with the same traffic read normally, a batch at a time (pools, buffers and the
+    // allocator's working set in place before the baseline), and learn the answer's size.
+    let url = format!("http://{addr}{path}");
+    let auth = [("authorization", bearer.as_str())];
+    let get = || request(http::Method::GET, &url, &auth, Bytes::new());
+    let mut warm = get().await;
+    for _ in 0..16 {
+        let batch = futures_util::future::join_all((0..BATCH).map(|_| get())).await;
+        warm = batch.into_iter().next().unwrap();
+    }
+    assert_eq!(warm.status, StatusCode::OK, "{:?}", warm.body);
+    let size = warm.body.len() as u64;
+    assert!(
+        STREAMS as u64 * size > 2 * BUDGET + MARGIN,
+        "the answers ({size} bytes each) must outgrow the bound for the test to mean anything"
+    );
+    let baseline = gw.rss_kib();
+    let (stop, peak) = gw.sample_rss();
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let closed = tokio::spawn(conn);
+    let mut answers = Vec::new();
+    let started = Instant::now();
+    for _ in 0..STREAMS / BATCH {
+        let batch: Vec<_> = (0..BATCH)
+            .map(|_| {
+                let mut send = send.clone();
+                let req = Request::get(format!("http://{addr}{path}"))
+                    .header("authorization", &bearer)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                tokio::spawn(async move { send.send_request(req).await })
+            })
+            .collect();
+        for b in batch {
+            answers.push(b.await.unwrap().expect("every head arrives"));
+        }
+    }
+    let heads_in = started.elapsed();
+    let held = answers.iter().filter(|r| r.status() == 200).count() as u64;
+    let refused_now = answers.iter().filter(|r| r.status() == 503).count() as u64;
+    assert_eq!(held + refused_now, STREAMS as u64);
+    assert!(held * size <= BUDGET, "{held} answers of {size} bytes held");
+    assert!(refused_now > 0);
+    let s = scrape(admin).await;
+    assert_eq!(refused(&s, "answer_budget"), refused_now as f64);
+    let bytes_held = value(&s, "gateway_answer_bytes_held", &[]).unwrap();
+    assert!(
+        bytes_held > 0.0 && bytes_held <= BUDGET as f64,
+        "{bytes_held}"
+    );
+    let _ = stop.send(());
+    let grew = peak.await.unwrap().saturating_sub(baseline) * 1024;
+    eprintln!(
+        "{held} answers held, {refused_now} refused; RSS grew {} KiB (bound {} KiB)",
+        grew / 1024,
+        (BUDGET + MARGIN) / 1024
+    );
+    assert!(grew <= BUDGET + MARGIN, "RSS grew {grew} bytes");
+
+    // No byte has moved: the connection ends after the send timeout, and every stream with it.
+    assert!(
+        heads_in < Duration::from_millis(SEND_TIMEOUT_MS),
+        "every stream was opened within the send timeout"
+    );
+    let mut first = answers.pop().unwrap().into_body();
+    let cut = tokio::time::timeout(Duration::from_secs(30), first.frame())
+        .await
+        .expect("the stalled connection is closed");
+    assert!(!matches!(cut, Some(Ok(_))), "no data without a window");
+    let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = scrape(admin).await;
+        let stalls = value(&s, "gateway_send_stalls_total", &[]).unwrap();
+        let held_now = value(&s, "gateway_answer_bytes_held", &[]).unwrap();
+        if stalls == 1.0 && held_now == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stalls {stalls}, held {held_now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The whole budget is free again: an ordinary client is served in full.
+    let after = request(
+        http::Method::GET,
+        &format!("http://{addr}{path}"),
+        &[("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(after.body.len() as u64, size);
+    gw.terminate();
+    sim_handle.stop().await;
+}

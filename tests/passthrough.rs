@@ -280,36 +280,6 @@ fn pattern_stream(
     (StreamBody::new(stream), hasher)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Samples the gateway's RSS every 20 ms until stopped; returns the highest reading.
-fn sample_rss(
-    pid: u32,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<u64>,
-) {
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let mut max = 0;
-        loop {
-            max = max.max(rss_kib(pid));
-            tokio::select! {
-                _ = &mut stopped => return max,
-                () = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
-        }
-    });
-    (stop, task)
-}
-
 /// 200 MiB up and 200 MiB down through a pass route of the real binary: the bytes arrive
 /// intact (SHA-256 at the other end) and the gateway's memory does not grow with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,20 +287,7 @@ async fn large_uploads_and_downloads_stream_without_growing_the_gateway() {
     const SIZE: u64 = 200 << 20;
     let (sim, sim_handle) = start_sim().await;
     sim.set_recording(false);
-    let token = {
-        let c = client();
-        let req = Request::post(format!("{}/api/v3/sessions", sim_handle.base_url()))
-            .header("x-api-key", KEY)
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(Bytes::from_static(
-                VALID.as_bytes(),
-            )))
-            .unwrap();
-        let res = c.request(req).await.unwrap();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v["accessToken"].as_str().unwrap().to_owned()
-    };
+    let token = sim_session(&sim_handle, VALID).await;
     let (mut gw, _dir) = common::process::GatewayProcess::start(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          [upstream]\nurl = \"http://{}\"\n[log]\naccess = false\n",
@@ -346,8 +303,8 @@ async fn large_uploads_and_downloads_stream_without_growing_the_gateway() {
     )
     .await;
     assert_eq!(warm.body.len(), 100_000);
-    let baseline = rss_kib(gw.pid());
-    let (stop, max) = sample_rss(gw.pid());
+    let baseline = gw.rss_kib();
+    let (stop, max) = gw.sample_rss();
 
     // Upload.
     let (body, hasher) = pattern_stream(SIZE, 64 * 1024);

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -33,14 +33,17 @@ pub enum Refusal {
     Connections,
     /// `server.max_connections_per_ip` connections were open from the client's address.
     ConnectionsPerIp,
+    /// Answers already held `server.answer_budget_bytes` (`layers::hold`).
+    AnswerBudget,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::Concurrency,
         Refusal::Streams,
         Refusal::Connections,
         Refusal::ConnectionsPerIp,
+        Refusal::AnswerBudget,
     ];
 
     pub fn label(self) -> &'static str {
@@ -49,16 +52,20 @@ impl Refusal {
             Refusal::Streams => "streams",
             Refusal::Connections => "connections",
             Refusal::ConnectionsPerIp => "connections_per_ip",
+            Refusal::AnswerBudget => "answer_budget",
         }
     }
 }
 
-/// Refusal and accept-failure counts, kept as plain atomics on the request path and copied
-/// into the metrics at scrape time.
+/// What the listener and the admission and hold layers count: refusals, failed accepts,
+/// connections closed for a stalled answer, and the bytes of answers held. Plain atomics on
+/// the request path, copied into the metrics at scrape time.
 #[derive(Debug, Default)]
 pub struct Refusals {
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; Refusal::ALL.len()],
     accept_errors: AtomicU64,
+    send_stalls: AtomicU64,
+    held: AtomicUsize,
 }
 
 impl Refusals {
@@ -77,6 +84,36 @@ impl Refusals {
 
     pub fn accept_errors(&self) -> u64 {
         self.accept_errors.load(Ordering::Relaxed)
+    }
+
+    /// A connection closed because an answer stopped moving (`layers::hold`).
+    pub fn send_stalled(&self) {
+        self.send_stalls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn send_stalls(&self) -> u64 {
+        self.send_stalls.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` bytes to those held if the total stays within `limit`.
+    pub fn try_hold(&self, n: usize, limit: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&t| t <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken by [`Refusals::try_hold`].
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Bytes of answers held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
     }
 }
 

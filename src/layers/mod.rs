@@ -7,6 +7,7 @@ pub mod body;
 pub mod cors;
 pub mod forward;
 pub mod framing;
+pub mod hold;
 pub mod lookup_cache;
 pub mod pass;
 pub mod rate_limit;

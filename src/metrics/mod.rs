@@ -16,8 +16,10 @@
 //! | `gateway_cache_shared_facts_total` | counter | `direction`: published, applied |
 //! | `gateway_cache_shared_resets_total` | counter | |
 //! | `gateway_inflight_requests` | gauge | |
-//! | `gateway_refusals_total` | counter | `reason`: concurrency, streams, connections, connections_per_ip |
+//! | `gateway_refusals_total` | counter | `reason`: concurrency, streams, connections, connections_per_ip, answer_budget |
 //! | `gateway_accept_errors_total` | counter | |
+//! | `gateway_answer_bytes_held` | gauge | bytes of answers held for clients (`server.answer_budget_bytes`) |
+//! | `gateway_send_stalls_total` | counter | connections closed for an answer not taken within `server.send_timeout_ms` |
 //! | `gateway_draining` | gauge | 1 once shutdown has begun |
 //! | `gateway_tunnels_open` | gauge | websocket tunnels open on pass routes |
 //! | `gateway_tunnels_total` | counter | websocket tunnels opened |
@@ -107,6 +109,8 @@ pub struct Metrics {
     syncing: Mutex<()>,
     refusal_counts: Vec<Mirror>,
     accept_errors: Mirror,
+    answer_bytes_held: IntGauge,
+    send_stalls: Mirror,
     refusals: Arc<Refusals>,
 }
 
@@ -289,12 +293,20 @@ impl Metrics {
 )?)?;
         let refusal_counts = reg.add(counter_vec(
             "gateway_refusals_total",
-            "Work refused before it started, by reason: concurrency (no upstream slot, 503), streams (an HTTP/2 connection's request cap, 503), connections and connections_per_ip (closed at accept).",
+            "Work refused before it started, by reason: concurrency (no upstream slot, 503), streams (an HTTP/2 connection's request cap, 503), connections and connections_per_ip (closed at accept), answer_budget (answers held for clients at their budget, 503).",
             &["reason"],
         )?)?;
         let accept_errors = reg.add(IntCounter::new(
             "gateway_accept_errors_total",
             "Accepts that failed (out of file descriptors and the like); the listener backs off and goes on.",
+        )?)?;
+        let answer_bytes_held = reg.add(IntGauge::new(
+            "gateway_answer_bytes_held",
+            "Bytes of answers held in memory until their clients take them (bounded by server.answer_budget_bytes).",
+        )?)?;
+        let send_stalls = reg.add(IntCounter::new(
+            "gateway_send_stalls_total",
+            "Connections closed because a client did not take a chunk of an answer within server.send_timeout_ms.",
         )?)?;
         let build_info = reg.add(IntGaugeVec::new(
             Opts::new(
@@ -358,6 +370,8 @@ impl Metrics {
             syncing: Mutex::new(()),
             refusal_counts: refusal_counts.into_iter().map(Mirror::new).collect(),
             accept_errors: Mirror::new(accept_errors),
+            answer_bytes_held,
+            send_stalls: Mirror::new(send_stalls),
             refusals: Arc::new(Refusals::default()),
         })
     }
@@ -372,6 +386,9 @@ impl Metrics {
             c.follow(self.refusals.count(*why));
         }
         self.accept_errors.follow(self.refusals.accept_errors());
+        self.send_stalls.follow(self.refusals.send_stalls());
+        self.answer_bytes_held
+            .set(i64::try_from(self.refusals.held()).unwrap_or(i64::MAX));
     }
 
     /// Names of every registered family (histograms without their `_bucket`/`_sum`/`_count`

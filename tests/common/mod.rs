@@ -179,6 +179,22 @@ pub async fn post_json(url: &str, body: impl Into<Bytes>) -> Reply {
     .await
 }
 
+/// Registers a session (`body`) on the simulator directly, with the key; its access token.
+pub async fn sim_session(sim: &SimHandle, body: &str) -> String {
+    let res = request(
+        Method::POST,
+        &format!("{}/api/v3/sessions", sim.base_url()),
+        &[("x-api-key", KEY), ("content-type", "application/json")],
+        body.to_owned(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
+    res.json()["accessToken"]
+        .as_str()
+        .expect("a session answer has an accessToken")
+        .to_owned()
+}
+
 /// Writes raw bytes on a fresh connection and reads until the server closes it.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -101,6 +101,34 @@ impl GatewayProcess {
     }
 
     /// The process id (to read its memory from /proc).
+    /// Resident memory of the process now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// Samples the process's RSS every 20 ms until the sender is used or dropped; the task
+    /// gives the highest reading.
+    pub fn sample_rss(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<u64>,
+    ) {
+        let pid = self.pid();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut max = 0;
+            loop {
+                max = max.max(rss_kib(pid));
+                tokio::select! {
+                    _ = &mut stopped => return max,
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        });
+        (stop, task)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -172,4 +200,14 @@ impl GatewayProcess {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         v["listen"].as_str().unwrap().parse().unwrap()
     }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
