@@ -13,8 +13,9 @@
 //! a request in progress, at most `max_streams_per_connection` requests in progress: more get
 //! 503 in the envelope, counted).
 //!
-//! Answers on their way out are watched (`layers::hold`): a connection holding a chunk of an
-//! answer its client has not taken within `send_timeout` is closed, with all its streams.
+//! Answers on their way out are watched (`layers::hold`): one sweeper task per listener ends
+//! the task of a connection holding a chunk of an answer its client has not taken within
+//! `send_timeout`, closing the connection with all its streams.
 //!
 //! The drain loses nothing: on shutdown readiness turns false, connections already waiting in
 //! the listener's backlog are taken, then the listener closes. Connections keep serving: every
@@ -59,7 +60,7 @@ use crate::config::{Connections, HYPER_MAX_HEAD};
 use crate::error::{ApiError, Body, ErrorFormat};
 use crate::layers::admission::{Refusal, Refusals};
 use crate::layers::forward::ClientAddr;
-use crate::layers::hold::{Ledger, Watcher};
+use crate::layers::hold::{Ledger, Sweeper, Watcher};
 use caps::ConnCaps;
 use detect::Protocol;
 use sniff::{FactsQueue, Sniff};
@@ -102,6 +103,8 @@ struct Listener {
     h2: http2::Builder<TokioExecutor>,
     caps: Arc<ConnCaps>,
     refusals: Arc<Refusals>,
+    /// Ends connections holding an answer their client stopped taking.
+    sweeper: Arc<Sweeper>,
     /// Set once the drain starts: HTTP/1 answers then carry `Connection: close`.
     draining: Arc<AtomicBool>,
     drain: watch::Receiver<bool>,
@@ -149,8 +152,11 @@ pub async fn serve<S>(
     let (drain_tx, drain) = watch::channel(false);
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let drain_timeout = cfg.drain_timeout;
+    let sweeper = Sweeper::new(cfg.send_timeout);
+    let sweeping = tokio::spawn(sweeper.clone().run(refusals.clone()));
     let shared = Arc::new(Listener {
         acceptor,
+        sweeper,
         caps: ConnCaps::new(cfg.max_connections, cfg.max_per_ip),
         cfg,
         h1,
@@ -201,6 +207,7 @@ pub async fn serve<S>(
         _ = all_closed.recv() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+    sweeping.abort();
 }
 
 fn spawn_connection<S>(shared: &Arc<Listener>, service: S, stream: TcpStream, peer: SocketAddr)
@@ -220,28 +227,39 @@ where
         }
     };
     let _ = stream.set_nodelay(true);
+    let ledger = Arc::new(Ledger::default());
+    let sweeper = shared.sweeper.clone();
     let shared = shared.clone();
-    tokio::spawn(async move {
-        let _admitted = admitted;
-        let _alive = shared.alive.clone();
-        match shared.acceptor.clone() {
-            Acceptor::Plain => serve_connection(&shared, service, stream, peer).await,
-            Acceptor::Tls {
-                acceptor,
-                handshake_timeout,
-            } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_connection(&shared, service, tls, peer).await,
-                // Scanners and broken clients: not the gateway's fault, so not a warning.
-                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-            },
+    let task = tokio::spawn({
+        let ledger = ledger.clone();
+        async move {
+            let _admitted = admitted;
+            let _alive = shared.alive.clone();
+            match shared.acceptor.clone() {
+                Acceptor::Plain => serve_connection(&shared, service, stream, peer, ledger).await,
+                Acceptor::Tls {
+                    acceptor,
+                    handshake_timeout,
+                } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(&shared, service, tls, peer, ledger).await,
+                    // Scanners and broken clients: not the gateway's fault, so not a warning.
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                },
+            }
         }
     });
+    sweeper.watch(&ledger, task.abort_handle());
 }
 
 /// Speaks HTTP/1.1 or HTTP/2 (by the client's first bytes) on `io` until the connection ends.
-async fn serve_connection<I, S>(shared: &Listener, service: S, io: I, peer: SocketAddr)
-where
+async fn serve_connection<I, S>(
+    shared: &Listener,
+    service: S,
+    io: I,
+    peer: SocketAddr,
+    ledger: Arc<Ledger>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -258,11 +276,10 @@ where
         }
     };
     let state = Arc::new(ConnState::default());
-    let ledger = Arc::new(Ledger::default());
     let mut svc = ConnService {
         inner: service,
         client: ClientAddr::new(peer),
-        watcher: Watcher(ledger.clone()),
+        watcher: Watcher(ledger),
         state: state.clone(),
         facts: None,
         draining: shared.draining.clone(),
@@ -270,7 +287,7 @@ where
         max_streams: cfg.max_streams_per_connection,
     };
     let mut drain = shared.drain.clone();
-    let served = async move {
+    let result = {
         match protocol {
             Protocol::Http1 => {
                 let facts = Arc::new(FactsQueue::default());
@@ -316,15 +333,6 @@ where
                     }
                 }
             }
-        }
-    };
-    // An answer the client stopped taking ends the connection, whatever stage it is at.
-    let result = tokio::select! {
-        r = served => r,
-        () = ledger.stalled(cfg.send_timeout) => {
-            shared.refusals.send_stalled();
-            tracing::debug!(%peer, "an answer was not taken within the send timeout; connection closed");
-            Ok(())
         }
     };
     if let Err(e) = result {

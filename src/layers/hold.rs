@@ -16,11 +16,13 @@
 //!   bytes are shared with the cache: the budget bounds what answers may hold.
 //! - **Watch.** Answers are handed on in chunks of at most [`CHUNK`] bytes, and each chunk
 //!   must be taken on within `server.send_timeout_ms`: the next one asked for, or, for the
-//!   last, freed. The connection's watchdog ([`Ledger::stalled`]) closes a connection holding a
-//!   chunk older than that, which resets every stream it carries: hyper owns the HTTP/2 send
-//!   stream and gives the gateway no way to reset one stream of an answer in progress. A
-//!   client must thus read at least [`CHUNK`] bytes per send timeout of every answer it has
-//!   asked for. Counted as `gateway_send_stalls_total`.
+//!   last, freed. The listener's [`Sweeper`] looks at every connection's [`Ledger`] each
+//!   quarter of that and ends the task of a connection holding a chunk older than it, which
+//!   closes the connection and every stream it carries: hyper owns the HTTP/2 send stream and
+//!   gives the gateway no way to reset one stream of an answer in progress. A client must thus
+//!   read at least [`CHUNK`] bytes per send timeout of every answer it has asked for. Counted
+//!   as `gateway_send_stalls_total`. The sweeper is one task for all connections, so a
+//!   request pays for no timer and its connection task polls nothing more.
 //!
 //! Streamed answers (pass routes) hold no lease, since at most a chunk of each is in memory,
 //! but are watched the same way; waiting on the upstream is not a stall, only a chunk the
@@ -35,10 +37,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use coarsetime::Instant;
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::task::AbortHandle;
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
@@ -52,9 +54,9 @@ pub const CHUNK: usize = 64 * 1024;
 pub struct Answer {
     leased: usize,
     counts: Arc<Refusals>,
-    base: Instant,
-    /// Milliseconds after `base`, plus one, when a chunk was handed on that has not been taken
-    /// on since; 0 while the sender is asking for more.
+    /// The coarse monotonic clock's ticks (a few milliseconds' resolution, read without a
+    /// system call) when a chunk was handed on that has not been taken on since; 0 while the
+    /// sender is asking for more.
     handed: AtomicU64,
 }
 
@@ -63,7 +65,6 @@ impl Answer {
         Arc::new(Self {
             leased,
             counts,
-            base: Instant::now(),
             handed: AtomicU64::new(0),
         })
     }
@@ -73,15 +74,17 @@ impl Answer {
     }
 
     fn handed(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.handed.store(ms + 1, Ordering::Relaxed);
+        let now = Instant::now_without_cache_update().as_ticks();
+        self.handed.store(now.max(1), Ordering::Relaxed);
     }
 
     /// How long a chunk has waited to be taken on, as of `now`.
     fn waiting(&self, now: Instant) -> Duration {
         match self.handed.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
-            ms => now.saturating_duration_since(self.base + Duration::from_millis(ms - 1)),
+            t => now.as_ticks().checked_sub(t).map_or(Duration::ZERO, |d| {
+                coarsetime::Duration::from_ticks(d).into()
+            }),
         }
     }
 }
@@ -104,12 +107,11 @@ impl AsRef<[u8]> for Piece {
     }
 }
 
-/// The answers of one connection, for its watchdog. Put in each request's extensions by the
-/// listener as a [`Watcher`].
+/// The answers of one connection, for the [`Sweeper`]. Put in each request's extensions by
+/// the listener as a [`Watcher`].
 #[derive(Default)]
 pub struct Ledger {
     answers: Mutex<Vec<Weak<Answer>>>,
-    added: Notify,
 }
 
 /// The request extension naming its connection's [`Ledger`].
@@ -123,9 +125,6 @@ impl Ledger {
         // answers alive at once.
         if answers.len() == answers.capacity() {
             answers.retain(|a| a.strong_count() > 0);
-        }
-        if answers.is_empty() {
-            self.added.notify_one();
         }
         answers.push(Arc::downgrade(answer));
     }
@@ -141,16 +140,62 @@ impl Ledger {
             .map(|a| a.waiting(now))
             .max()
     }
+}
 
-    /// Resolves once an answer of this connection has waited `timeout` for its client, checked
-    /// every quarter of it; sleeps without a timer while the connection holds no answer.
-    pub async fn stalled(&self, timeout: Duration) {
-        let tick = (timeout / 4).max(Duration::from_millis(5));
+/// One task per listener watching every connection's answers: a connection holding a chunk
+/// its client has not taken for the send timeout has its task ended (its connection closed,
+/// every stream with it), checked every quarter of the timeout.
+pub struct Sweeper {
+    timeout: Duration,
+    conns: Mutex<Vec<(Weak<Ledger>, AbortHandle)>>,
+}
+
+impl Sweeper {
+    pub fn new(timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            timeout,
+            conns: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Watches the connection whose answers `ledger` lists, served by the task `task`.
+    pub fn watch(&self, ledger: &Arc<Ledger>, task: AbortHandle) {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if conns.len() == conns.capacity() {
+            conns.retain(|(l, _)| l.strong_count() > 0);
+        }
+        conns.push((Arc::downgrade(ledger), task));
+    }
+
+    /// Ends the tasks of stalled connections; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now_without_cache_update();
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|(l, _)| l.strong_count() > 0);
+        let mut ended = 0;
+        for (ledger, task) in conns.iter() {
+            let stalled = ledger
+                .upgrade()
+                .and_then(|l| l.longest_wait(now))
+                .is_some_and(|w| w >= self.timeout);
+            if stalled && !task.is_finished() {
+                task.abort();
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// Sweeps until dropped (the listener aborts it), counting each stall in `counts`.
+    pub async fn run(self: Arc<Self>, counts: Arc<Refusals>) {
+        let tick = (self.timeout / 4).max(Duration::from_millis(5));
         loop {
-            match self.longest_wait(Instant::now()) {
-                None => self.added.notified().await,
-                Some(w) if w >= timeout => return,
-                Some(_) => tokio::time::sleep(tick).await,
+            tokio::time::sleep(tick).await;
+            for _ in 0..self.sweep() {
+                counts.send_stalled();
+                tracing::debug!(
+                    "an answer was not taken within the send timeout; connection closed"
+                );
             }
         }
     }
@@ -410,44 +455,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_chunk_not_taken_within_the_timeout_is_a_stall() {
+    async fn a_connection_holding_a_chunk_past_the_send_timeout_is_ended() {
         let counts = Arc::new(Refusals::default());
         let ledger = Arc::new(Ledger::default());
         let svc = HoldLayer::new(1 << 20, counts).layer(answering(big));
-        let timeout = Duration::from_millis(300);
+        let timeout = Duration::from_millis(200);
+        let sweeper = Sweeper::new(timeout);
+        let conn = tokio::spawn(std::future::pending::<()>());
+        sweeper.watch(&ledger, conn.abort_handle());
 
-        // A chunk every 100 ms, for longer than the timeout: no stall.
-        let mut body = svc
-            .clone()
-            .oneshot(watched(&ledger))
-            .await
-            .unwrap()
-            .into_body();
-        let reader = async {
-            while let Some(f) = body.frame().await {
-                drop(f);
-                tokio::time::sleep(timeout / 3).await;
-            }
-        };
-        tokio::select! {
-            () = reader => {}
-            () = ledger.stalled(timeout) => panic!("a steady reader is not stalled"),
-        }
-        drop(body);
-
-        // Take one chunk and stop: stalled, not before the timeout.
+        // Each chunk taken while the next is asked for: never stalled.
         let mut body = svc.oneshot(watched(&ledger)).await.unwrap().into_body();
-        let _first = body.frame().await;
-        let start = Instant::now();
-        tokio::time::timeout(Duration::from_secs(10), ledger.stalled(timeout))
-            .await
-            .expect("a stalled answer is found");
-        assert!(start.elapsed() >= timeout);
-        drop((body, _first));
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            taken.push(body.frame().await.unwrap().unwrap());
+            tokio::time::sleep(timeout / 2).await;
+            assert_eq!(sweeper.sweep(), 0);
+        }
+        // A chunk left untaken past the timeout ends the connection's task.
+        tokio::time::sleep(timeout + timeout / 2).await;
+        assert_eq!(sweeper.sweep(), 1);
+        assert!(conn.await.unwrap_err().is_cancelled());
+        assert!(ledger
+            .longest_wait(Instant::now_without_cache_update())
+            .is_some());
+        drop((body, taken));
         assert_eq!(
-            ledger.longest_wait(Instant::now()),
+            ledger.longest_wait(Instant::now_without_cache_update()),
             None,
             "freed answers are forgotten"
+        );
+        drop(ledger);
+        assert_eq!(sweeper.sweep(), 0);
+        assert!(
+            sweeper.conns.lock().unwrap().is_empty(),
+            "ended connections are forgotten"
         );
     }
 }
