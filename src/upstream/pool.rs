@@ -479,8 +479,17 @@ where
         });
     }
 
-    /// A new connection in `slot`: TCP, TLS, the HTTP handshake, its task spawned.
-    async fn connect(self: &Arc<Self>, slot: OpenSlot) -> Result<Sender<B>, PoolError> {
+    /// A new connection in `slot`: TCP, TLS, the HTTP handshake, its task spawned. Boxed: the
+    /// connector's and TLS handshake's futures run kilobytes, and every request's future (which
+    /// reaches this only on the rare path) would otherwise carry, and move, them inline.
+    fn connect(
+        self: &Arc<Self>,
+        slot: OpenSlot,
+    ) -> Pin<Box<dyn Future<Output = Result<Sender<B>, PoolError>> + Send + '_>> {
+        Box::pin(self.connect_now(slot))
+    }
+
+    async fn connect_now(self: &Arc<Self>, slot: OpenSlot) -> Result<Sender<B>, PoolError> {
         self.start_sweeper();
         let uri = Uri::from_parts({
             let mut p = http::uri::Parts::default();
