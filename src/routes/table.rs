@@ -203,21 +203,75 @@ enum Pattern {
     Prefix(Box<str>),
 }
 
-impl Pattern {
-    fn matches(&self, path: &str) -> bool {
-        match self {
-            Pattern::Prefix(p) => path.starts_with(&**p),
-            Pattern::Template(segs) => {
-                let mut parts = path[1..].split('/');
-                for seg in segs.iter() {
-                    match (seg, parts.next()) {
-                        (Segment::Literal(l), Some(p)) if **l == *p => {}
-                        (Segment::Param, Some(p)) if !p.is_empty() => {}
-                        _ => return false,
-                    }
-                }
-                parts.next().is_none()
+/// Most path segments kept apart for matching; a longer path is matched segment by segment
+/// again for each template (no route of the API has more than 7).
+const MAX_SEGMENTS: usize = 12;
+
+/// A request path split at `/` once for every route (the split used to be done per template).
+struct Segments<'a> {
+    path: &'a str,
+    /// The path without its leading `/`.
+    rest: &'a str,
+    parts: [&'a str; MAX_SEGMENTS],
+    /// How many segments the path has (may exceed [`MAX_SEGMENTS`]).
+    count: usize,
+}
+
+impl<'a> Segments<'a> {
+    /// `path`'s segments, or `None` when it is not plain: no leading `/`, a `\`, or a segment
+    /// that is `.` or `..` or hides one, a `/` or a `\` behind percent-encoding.
+    fn plain(path: &'a str) -> Option<Self> {
+        let rest = path.strip_prefix('/')?;
+        if rest.contains('\\') {
+            return None;
+        }
+        let mut segs = Segments {
+            path,
+            rest,
+            parts: [""; MAX_SEGMENTS],
+            count: 0,
+        };
+        for seg in rest.split('/') {
+            if !plain_segment(seg) {
+                return None;
             }
+            if let Some(slot) = segs.parts.get_mut(segs.count) {
+                *slot = seg;
+            }
+            segs.count += 1;
+        }
+        Some(segs)
+    }
+}
+
+fn plain_segment(seg: &str) -> bool {
+    if !seg.contains('%') {
+        return seg != "." && seg != "..";
+    }
+    let decoded = crate::wire::percent_decode(seg, false);
+    !(decoded == "." || decoded == ".." || decoded.contains(['/', '\\']))
+}
+
+fn segment_matches(seg: &Segment, part: &str) -> bool {
+    match seg {
+        Segment::Literal(l) => **l == *part,
+        Segment::Param => !part.is_empty(),
+    }
+}
+
+impl Pattern {
+    fn matches(&self, path: &Segments<'_>) -> bool {
+        match self {
+            Pattern::Prefix(p) => path.path.starts_with(&**p),
+            Pattern::Template(segs) if segs.len() != path.count => false,
+            Pattern::Template(segs) if path.count <= MAX_SEGMENTS => segs
+                .iter()
+                .zip(&path.parts)
+                .all(|(seg, part)| segment_matches(seg, part)),
+            Pattern::Template(segs) => segs
+                .iter()
+                .zip(path.rest.split('/'))
+                .all(|(seg, part)| segment_matches(seg, part)),
         }
     }
 
@@ -341,12 +395,10 @@ impl RouteTable {
 
     /// The route serving `method` on `path`, or `None` (404, never forwarded).
     pub fn matches(&self, method: &Method, path: &str) -> Option<Matched> {
-        if !is_plain_path(path) {
-            return None;
-        }
+        let segments = Segments::plain(path)?;
         self.entries
             .iter()
-            .find(|e| e.pattern.matches(path) && e.allows(method))
+            .find(|e| e.pattern.matches(&segments) && e.allows(method))
             .map(|e| Matched {
                 label: e.label,
                 route: e.route,
@@ -542,22 +594,6 @@ fn prefix(p: &str) -> Result<Pattern, String> {
 }
 
 /// A path every hop reads the same way (see the module doc).
-fn is_plain_path(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else {
-        return false;
-    };
-    if path.contains('\\') {
-        return false;
-    }
-    rest.split('/').all(|seg| {
-        if !seg.contains('%') {
-            return seg != "." && seg != "..";
-        }
-        let decoded = crate::wire::percent_decode(seg, false);
-        !(decoded == "." || decoded == ".." || decoded.contains(['/', '\\']))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +602,66 @@ mod tests {
 
     fn table() -> RouteTable {
         RouteTable::defaults(IDLE).unwrap()
+    }
+
+    /// The matcher as it was before paths were split once: each template splits the path.
+    fn reference(t: &RouteTable, method: &Method, path: &str) -> Option<&'static str> {
+        let rest = path.strip_prefix('/')?;
+        if path.contains('\\') || !rest.split('/').all(plain_segment) {
+            return None;
+        }
+        let hit = |p: &Pattern| match p {
+            Pattern::Prefix(p) => path.starts_with(&**p),
+            Pattern::Template(segs) => {
+                let mut parts = rest.split('/');
+                segs.iter()
+                    .all(|seg| parts.next().is_some_and(|part| segment_matches(seg, part)))
+                    && parts.next().is_none()
+            }
+        };
+        t.entries
+            .iter()
+            .find(|e| hit(&e.pattern) && e.allows(method))
+            .map(|e| e.label.name())
+    }
+
+    #[test]
+    fn splitting_once_matches_as_splitting_per_template() {
+        let t = table();
+        let segs = [
+            "",
+            "api",
+            "v3",
+            "v4",
+            "v5",
+            "sessions",
+            "users",
+            "list",
+            "files",
+            "x",
+            "%2e",
+            ".",
+            "socket.io",
+            "visitor",
+            "download",
+            "a%2Fb",
+        ];
+        let mut paths = vec!["/".to_owned(), String::new(), "api".to_owned()];
+        for a in segs {
+            for b in segs {
+                for c in segs {
+                    paths.push(format!("/{a}/{b}/{c}"));
+                    paths.push(format!("/api/{a}/{b}/{c}/"));
+                }
+            }
+        }
+        paths.push(format!("/api{}", "/x".repeat(MAX_SEGMENTS + 3)));
+        paths.push(format!("/socket.io{}", "/x".repeat(MAX_SEGMENTS)));
+        for m in [Method::GET, Method::POST, Method::DELETE, Method::PUT] {
+            for p in &paths {
+                assert_eq!(name(&t, m.clone(), p), reference(&t, &m, p), "{m} {p:?}");
+            }
+        }
     }
 
     fn name(t: &RouteTable, m: Method, p: &str) -> Option<&'static str> {
