@@ -83,9 +83,11 @@ pub enum ErrorFormat {
 
 impl ErrorFormat {
     pub fn from_headers(headers: &HeaderMap) -> Self {
+        const PROBLEM: &[u8] = b"application/problem+json";
         let wants_problem = headers.get_all(http::header::ACCEPT).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.to_ascii_lowercase().contains("application/problem+json"))
+            v.as_bytes()
+                .windows(PROBLEM.len())
+                .any(|w| w.eq_ignore_ascii_case(PROBLEM))
         });
         if wants_problem {
             ErrorFormat::Problem
@@ -302,4 +304,31 @@ pub fn rescue(err: &BoxError) -> ApiError {
         return ApiError::Overloaded { retry_after: 1 };
     }
     ApiError::Internal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_details_only_for_clients_that_ask_in_any_letter_case() {
+        let format = |accept: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for a in accept {
+                h.append(http::header::ACCEPT, HeaderValue::from_static(a));
+            }
+            ErrorFormat::from_headers(&h)
+        };
+        assert_eq!(format(&[]), ErrorFormat::Envelope);
+        assert_eq!(format(&["application/json"]), ErrorFormat::Envelope);
+        assert_eq!(format(&["application/problem"]), ErrorFormat::Envelope);
+        assert_eq!(
+            format(&["text/html", "Application/Problem+JSON;q=0.9"]),
+            ErrorFormat::Problem
+        );
+        assert_eq!(
+            format(&["application/json, application/problem+json"]),
+            ErrorFormat::Problem
+        );
+    }
 }

@@ -78,11 +78,19 @@ impl FramingLayer {
             ));
         }
         let headers = req.headers();
-        // Name, ": ", value, CRLF: the size of the head as sent on HTTP/1.
-        let head: usize = headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
+        // One pass: the size of the head as sent on HTTP/1 (name, ": ", value, CRLF) and the
+        // framing headers present.
+        let (mut head, mut cl_in_map, mut te_in_map, mut host) = (0, 0, false, false);
+        for (n, v) in headers {
+            head += n.as_str().len() + v.len() + 4;
+            if n == CONTENT_LENGTH {
+                cl_in_map += 1;
+            } else if n == TRANSFER_ENCODING {
+                te_in_map = true;
+            } else if n == HOST {
+                host = true;
+            }
+        }
         if head > self.max_header_bytes {
             return Some((
                 ApiError::HeadersTooLarge {
@@ -94,25 +102,27 @@ impl FramingLayer {
         let facts = req.extensions().get::<HeadFacts>().copied();
         let cl_lines = facts
             .map_or(0, |f| usize::from(f.content_length_lines))
-            .max(headers.get_all(CONTENT_LENGTH).iter().count());
-        let te =
-            facts.is_some_and(|f| f.transfer_encoding) || headers.contains_key(TRANSFER_ENCODING);
+            .max(cl_in_map);
+        let te = facts.is_some_and(|f| f.transfer_encoding) || te_in_map;
         if te && cl_lines > 0 {
             return Some((
                 bad("content-length and transfer-encoding must not be combined"),
                 true,
             ));
         }
-        if req.version() == Version::HTTP_11 && !headers.contains_key(HOST) {
+        if req.version() == Version::HTTP_11 && !host {
             return Some((bad("exactly one host header is required"), false));
         }
         if cl_lines > 1 {
             return Some((bad(duplicate(&CONTENT_LENGTH)), false));
         }
-        for name in &SINGLE {
-            let mut values = headers.get_all(name).iter();
-            if values.next().is_some() && values.next().is_some() {
-                return Some((bad(duplicate(name)), false));
+        // Only a map holding more values than names repeats one.
+        if headers.len() != headers.keys_len() {
+            for name in &SINGLE {
+                let mut values = headers.get_all(name).iter();
+                if values.next().is_some() && values.next().is_some() {
+                    return Some((bad(duplicate(name)), false));
+                }
             }
         }
         None
