@@ -162,7 +162,7 @@ where
 
     let pass = ServiceBuilder::new()
         .layer(strip_key)
-        .layer(PassLayer::new(shared.streams.clone()))
+        .layer(PassLayer::new(shared.streams.clone()).access(AccessLog::new(&cfg.log)))
         .layer(forward)
         .service(upstream);
 

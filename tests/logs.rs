@@ -10,6 +10,7 @@ use common::process::GatewayProcess as Gateway;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
@@ -265,6 +266,27 @@ async fn access_false_writes_no_access_line_and_the_rest_is_flushed_at_exit() {
     let addr: SocketAddr = listening["listen"].as_str().unwrap().parse().unwrap();
     let res = post_json(&format!("http://{addr}/api/v3/sessions"), VALID).await;
     assert_eq!(res.status, StatusCode::OK);
+    // A websocket tunnel that ends writes no line either.
+    let token = res.json()["accessToken"].as_str().unwrap().to_owned();
+    let mut ws = open_socket(addr, &token, &[]).await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let admin = listening["admin"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = request(Method::GET, &format!("http://{admin}/metrics"), &[], "").await;
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        if sample(&text, "gateway_tunnels_total") == Some(1.0)
+            && sample(&text, "gateway_tunnels_open") == Some(0.0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tunnel ends: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (stdout, _) = gw.terminate();
     let lines: Vec<Value> = stdout.iter().map(|l| json(l)).collect();
     assert!(lines.iter().all(|l| l["target"] != "access"), "{stdout:#?}");

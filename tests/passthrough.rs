@@ -41,32 +41,6 @@ async fn sdk_session(env: &TestEnv) -> String {
     res.json()["accessToken"].as_str().unwrap().to_owned()
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// Opens the realtime websocket through the gateway with a real websocket client.
-async fn open_socket(env: &TestEnv, token: &str, extra: &[(&str, &str)]) -> Ws {
-    let tcp = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
-    let url = format!(
-        "ws://{}/socket.io/?token={token}&EIO=3&transport=websocket",
-        env.gw.addr
-    );
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        url.as_str(),
-    )
-    .unwrap();
-    for (k, v) in extra {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    let (ws, res) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("websocket upgrade through the gateway");
-    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
-    ws
-}
-
 /// Reads the next data frame (bounded).
 async fn next_data(ws: &mut Ws) -> Message {
     loop {
@@ -116,7 +90,7 @@ async fn the_sdk_login_sequence_works_through_the_gateway() {
         .collect();
     assert_eq!(keys, [KEY], "exactly one key, the gateway's");
 
-    let mut ws = open_socket(&env, &token, &[]).await;
+    let mut ws = open_socket(env.gw.addr, &token, &[]).await;
     let open = next_data(&mut ws).await;
     assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
     ws.send(Message::text("42[\"ping\"]")).await.unwrap();
@@ -188,7 +162,7 @@ async fn pass_routes_never_carry_an_api_key() {
             sent += 1;
         }
         let extra: Vec<(&str, &str)> = key_header.map(|h| (h, SDK_KEY)).into_iter().collect();
-        let mut ws = open_socket(&env, &token, &extra).await;
+        let mut ws = open_socket(env.gw.addr, &token, &extra).await;
         let _open = next_data(&mut ws).await;
         ws.close(None).await.unwrap();
     }
@@ -393,7 +367,7 @@ async fn streams_end_when_idle_not_when_slow() {
     assert!(cut.is_err(), "a cut body is an error, not a short success");
 
     // A websocket that keeps talking, 100 ms apart for 1.2 s, then goes silent.
-    let mut ws = open_socket(&env, &token, &[]).await;
+    let mut ws = open_socket(env.gw.addr, &token, &[]).await;
     let _open = next_data(&mut ws).await;
     for i in 0..12 {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -28,6 +28,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat, GatewayError};
+use crate::logging::AccessLog;
 use crate::routes::Matched;
 
 /// Counters of the pass routes' streams, read by the metrics at scrape time.
@@ -236,11 +237,22 @@ fn set_upgrade_headers(headers: &mut HeaderMap, proto: HeaderValue) {
 #[derive(Clone)]
 pub struct PassLayer {
     stats: Arc<StreamStats>,
+    access: AccessLog,
 }
 
 impl PassLayer {
     pub fn new(stats: Arc<StreamStats>) -> Self {
-        Self { stats }
+        Self {
+            stats,
+            access: AccessLog::Json,
+        }
+    }
+
+    /// How the line written when a tunnel ends is written: not at all when `log.access` is
+    /// off, like the access line of each request.
+    pub fn access(mut self, access: AccessLog) -> Self {
+        self.access = access;
+        self
     }
 }
 
@@ -250,6 +262,7 @@ impl<S> Layer<S> for PassLayer {
         Pass {
             inner,
             stats: self.stats.clone(),
+            access: self.access,
         }
     }
 }
@@ -258,6 +271,7 @@ impl<S> Layer<S> for PassLayer {
 pub struct Pass<S> {
     inner: S,
     stats: Arc<StreamStats>,
+    access: AccessLog,
 }
 
 /// Used when a request reaches this chain without a [`Matched`] (a wiring bug, or a bench).
@@ -306,6 +320,7 @@ where
             stats: self.stats.clone(),
         };
         let stats = self.stats.clone();
+        let access = self.access;
         let (mut parts, body) = req.into_parts();
         let body = match max_body {
             Some(max) => Body::stream(IdleBody::new(
@@ -329,7 +344,7 @@ where
             let upstream_side = hyper::upgrade::on(&mut res);
             let answered = res.headers().get(header::UPGRADE).cloned().unwrap_or(proto);
             set_upgrade_headers(res.headers_mut(), answered);
-            tokio::spawn(tunnel(client_side, upstream_side, idle, stats));
+            tokio::spawn(tunnel(client_side, upstream_side, idle, stats, access));
             Ok(res)
         })
     }
@@ -342,6 +357,7 @@ async fn tunnel(
     upstream: hyper::upgrade::OnUpgrade,
     idle: Duration,
     stats: Arc<StreamStats>,
+    access: AccessLog,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -376,6 +392,9 @@ async fn tunnel(
         }
     };
     stats.tunnels_open.fetch_sub(1, Ordering::Relaxed);
+    if access == AccessLog::Off {
+        return;
+    }
     tracing::info!(
         target: "access",
         kind = "tunnel",

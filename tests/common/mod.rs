@@ -195,6 +195,29 @@ pub async fn sim_session(sim: &SimHandle, body: &str) -> String {
         .to_owned()
 }
 
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens the realtime websocket through the gateway at `addr` with a real websocket client.
+pub async fn open_socket(addr: SocketAddr, token: &str, extra: &[(&str, &str)]) -> Ws {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/socket.io/?token={token}&EIO=3&transport=websocket");
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    for (k, v) in extra {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let (ws, res) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("websocket upgrade through the gateway");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
 /// Writes raw bytes on a fresh connection and reads until the server closes it.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
