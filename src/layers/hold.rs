@@ -459,7 +459,8 @@ mod tests {
         let counts = Arc::new(Refusals::default());
         let ledger = Arc::new(Ledger::default());
         let svc = HoldLayer::new(1 << 20, counts).layer(answering(big));
-        let timeout = Duration::from_millis(200);
+        // Long beside the pauses below, so a loaded machine oversleeping them stays far inside.
+        let timeout = Duration::from_millis(1000);
         let sweeper = Sweeper::new(timeout);
         let conn = tokio::spawn(std::future::pending::<()>());
         sweeper.watch(&ledger, conn.abort_handle());
@@ -469,11 +470,11 @@ mod tests {
         let mut taken = Vec::new();
         for _ in 0..3 {
             taken.push(body.frame().await.unwrap().unwrap());
-            tokio::time::sleep(timeout / 2).await;
+            tokio::time::sleep(timeout / 10).await;
             assert_eq!(sweeper.sweep(), 0);
         }
         // A chunk left untaken past the timeout ends the connection's task.
-        tokio::time::sleep(timeout + timeout / 2).await;
+        tokio::time::sleep(timeout + timeout / 5).await;
         assert_eq!(sweeper.sweep(), 1);
         assert!(conn.await.unwrap_err().is_cancelled());
         assert!(ledger
