@@ -168,6 +168,11 @@ fn expect(version: ApiVersion, secure: bool, body: &[u8]) -> Expect {
     let mut info: Option<Result<Vec<(&'static str, Field)>, ()>> = None;
     if let Some(raw) = device_info {
         info = Some(Err(()));
+        // A string in its place is read (to say what was found instead of an object), so one
+        // that cannot be decoded is a 400, as in every other known field.
+        if raw.get().starts_with('"') && string(raw).is_none() {
+            return Expect::BadRequest;
+        }
         if raw.get().starts_with('{') {
             let Ok(members) = serde_json::from_str::<Members>(raw.get()) else {
                 return Expect::BadRequest;
