@@ -96,6 +96,11 @@ fn string(raw: &RawValue) -> Option<Result<String, ()>> {
         b'{' => serde_json::from_str::<Members>(raw.get())
             .ok()
             .map(|_| Err(())),
+        // A number is read too (to say what was found instead of a string): one serde_json
+        // cannot represent (out of range) makes the body a 400, like an undecodable string.
+        b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(raw.get())
+            .ok()
+            .map(|_| Err(())),
         _ => Some(Err(())),
     }
 }
@@ -168,9 +173,9 @@ fn expect(version: ApiVersion, secure: bool, body: &[u8]) -> Expect {
     let mut info: Option<Result<Vec<(&'static str, Field)>, ()>> = None;
     if let Some(raw) = device_info {
         info = Some(Err(()));
-        // A string in its place is read (to say what was found instead of an object), so one
-        // that cannot be decoded is a 400, as in every other known field.
-        if raw.get().starts_with('"') && string(raw).is_none() {
+        // A string or number in its place is read (to say what was found instead of an
+        // object), so one that cannot be decoded is a 400, as in every other known field.
+        if !raw.get().starts_with('{') && string(raw).is_none() {
             return Expect::BadRequest;
         }
         if raw.get().starts_with('{') {
