@@ -19,7 +19,7 @@ use amity_gateway::layers::forward::ForwardLayer;
 use amity_gateway::layers::rate_limit::RateLimitLayer;
 use amity_gateway::layers::validate::ValidateLayer;
 use amity_gateway::ratelimit::{Key, RateLimitFile, RateLimiter};
-use amity_gateway::routes::Route;
+use amity_gateway::routes::{Matched, Route, RouteLabel};
 use amity_gateway::session::{self, ApiVersion, Rules};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -55,7 +55,11 @@ fn request(body: Bytes) -> Request<Bytes> {
         .header("user-agent", "wrk")
         .body(body)
         .unwrap();
-    req.extensions_mut().insert(Route::Session(ApiVersion::V3));
+    req.extensions_mut().insert(Matched {
+        label: RouteLabel::UNMATCHED,
+        route: Route::Session(ApiVersion::V3),
+        pass: None,
+    });
     req
 }
 

@@ -45,7 +45,8 @@ pub struct ServerFile {
     pub admin_listen: String,
     /// Time in-flight requests get to finish after SIGTERM. Default 20 s.
     pub drain_timeout_secs: u64,
-    /// Total time budget of one request through the gateway. Default 15 s.
+    /// Total time budget of one policy-route request, counted from its arrival; the upstream
+    /// exchange ends at it when that comes before `upstream.timeout_ms`. Default 15 s.
     pub request_timeout_ms: u64,
     /// Requests in flight above which new ones are shed with 503. Default 4096.
     pub max_concurrency: usize,

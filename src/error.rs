@@ -297,12 +297,6 @@ pub fn rescue(err: &BoxError) -> ApiError {
             GatewayError::UpstreamTimeout => ApiError::GatewayTimeout,
         };
     }
-    if err.is::<tower::timeout::error::Elapsed>() {
-        return ApiError::GatewayTimeout;
-    }
-    if err.is::<tower::load_shed::error::Overloaded>() {
-        return ApiError::Overloaded { retry_after: 1 };
-    }
     ApiError::Internal
 }
 

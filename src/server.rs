@@ -59,8 +59,9 @@ use tower::Service;
 use crate::config::{Connections, HYPER_MAX_HEAD};
 use crate::error::{ApiError, Body, ErrorFormat};
 use crate::layers::admission::{Refusal, Refusals};
+use crate::layers::arrival::{Arrival, Peer};
 use crate::layers::forward::ClientAddr;
-use crate::layers::hold::{Ledger, Sweeper, Watcher};
+use crate::layers::hold::Sweeper;
 use caps::ConnCaps;
 use detect::Protocol;
 use sniff::{FactsQueue, Sniff};
@@ -227,21 +228,21 @@ where
         }
     };
     let _ = stream.set_nodelay(true);
-    let ledger = Arc::new(Ledger::default());
+    let conn = Arc::new(Peer::new(ClientAddr::new(peer)));
     let sweeper = shared.sweeper.clone();
     let shared = shared.clone();
     let task = tokio::spawn({
-        let ledger = ledger.clone();
+        let conn = conn.clone();
         async move {
             let _admitted = admitted;
             let _alive = shared.alive.clone();
             match shared.acceptor.clone() {
-                Acceptor::Plain => serve_connection(&shared, service, stream, peer, ledger).await,
+                Acceptor::Plain => serve_connection(&shared, service, stream, peer, conn).await,
                 Acceptor::Tls {
                     acceptor,
                     handshake_timeout,
                 } => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(&shared, service, tls, peer, ledger).await,
+                    Ok(Ok(tls)) => serve_connection(&shared, service, tls, peer, conn).await,
                     // Scanners and broken clients: not the gateway's fault, so not a warning.
                     Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
                     Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
@@ -249,7 +250,7 @@ where
             }
         }
     });
-    sweeper.watch(&ledger, task.abort_handle());
+    sweeper.watch(&conn.ledger, task.abort_handle());
 }
 
 /// Speaks HTTP/1.1 or HTTP/2 (by the client's first bytes) on `io` until the connection ends.
@@ -258,7 +259,7 @@ async fn serve_connection<I, S>(
     service: S,
     io: I,
     peer: SocketAddr,
-    ledger: Arc<Ledger>,
+    conn: Arc<Peer>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -278,8 +279,7 @@ async fn serve_connection<I, S>(
     let state = Arc::new(ConnState::default());
     let mut svc = ConnService {
         inner: service,
-        client: ClientAddr::new(peer),
-        watcher: Watcher(ledger),
+        peer: conn,
         state: state.clone(),
         facts: None,
         draining: shared.draining.clone(),
@@ -392,14 +392,13 @@ impl ConnState {
     }
 }
 
-/// The service of one connection: adds the client's address (and, on HTTP/1, the raw head's
-/// framing facts) to each request, caps requests in progress per HTTP/2 connection, and marks
+/// The service of one connection: adds its [`Arrival`] (the connection's facts and, on
+/// HTTP/1, the raw head's framing facts) to each request, caps requests in progress per HTTP/2 connection, and marks
 /// HTTP/1 answers `Connection: close` once the drain has begun.
 #[derive(Clone)]
 struct ConnService<S> {
     inner: S,
-    client: ClientAddr,
-    watcher: Watcher,
+    peer: Arc<Peer>,
     state: Arc<ConnState>,
     facts: Option<Arc<FactsQueue>>,
     draining: Arc<AtomicBool>,
@@ -421,11 +420,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.client.clone());
-        req.extensions_mut().insert(self.watcher.clone());
-        if let Some(f) = self.facts.as_ref().and_then(|q| q.pop()) {
-            req.extensions_mut().insert(f);
-        }
+        let head = self.facts.as_ref().and_then(|q| q.pop());
+        req.extensions_mut()
+            .insert(Arrival::new(self.peer.clone(), head));
         let http1 = req.version() < Version::HTTP_2;
         if !http1 && self.state.active() >= self.max_streams {
             self.refusals.refused(Refusal::Streams);

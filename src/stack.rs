@@ -20,10 +20,11 @@
 //! sends its body holds no slot (`layers::admission`). Pass routes take none: their bodies
 //! stream and are never whole; they are bounded by the connection caps and idle timeouts.
 //!
-//! - session: timeout → origin guard (CORS on) → body limit (415/413) → admission → validate
+//! - session: deadline → origin guard (CORS on) → body limit (415/413) → admission → validate
 //!   (400/422) → rate limit (429) → key injection → session observer → forward hygiene →
-//!   upstream. The whole-request timeout sits on the policy chains, not above the router: pass
-//!   routes stream for as long as bytes move. The origin guard refuses a foreign website before
+//!   upstream. The whole-request deadline is set on the policy chains, not above the router:
+//!   pass routes stream for as long as bytes move. It is a time in the request's `Arrival`, not
+//!   a timer: the upstream exchange ends at it (`layers::arrival`). The origin guard refuses a foreign website before
 //!   anything is read or counted. Validation precedes everything that costs or counts, so
 //!   nothing invalid reaches the limiter or the upstream; its rejections are counted per field.
 //!   The limiter keys on the validated `deviceId` (one budget across v3, v4, v5 and visitor
@@ -33,7 +34,7 @@
 //!   its way back; it sits below key injection so the network it files the issued token under
 //!   is named by the very key the request carries (the key is read once per request, even
 //!   while it rotates).
-//! - lookup: timeout → body limit → admission → key strip → lookup cache → forward hygiene →
+//! - lookup: deadline → body limit → admission → key strip → lookup cache → forward hygiene →
 //!   upstream. The cache answers only after the client-key policy has run, so a hit never
 //!   skips a rejection, and it sits right above forwarding so a hit costs no header rewriting.
 //! - pass: key strip → pass (streams, upgrades, idle timeouts) → forward hygiene → upstream.
@@ -52,6 +53,7 @@ use crate::config::Config;
 use crate::error::{Body, BoxError};
 use crate::layers::admission::AdmissionLayer;
 use crate::layers::api_key::{ApiKey, ApiKeyLayer};
+use crate::layers::arrival::DeadlineLayer;
 use crate::layers::body::BodyLayer;
 use crate::layers::forward::ForwardLayer;
 use crate::layers::framing::FramingLayer;
@@ -127,9 +129,10 @@ where
     let forward = ForwardLayer::new(&cfg.upstream.base, cfg.upstream.http2);
     let strip_key = ApiKeyLayer::new(shared.api_key.clone(), cfg.client_key, false);
 
+    let deadline = DeadlineLayer::new(cfg.request_timeout);
     let admission = AdmissionLayer::new(cfg.max_concurrency, shared.metrics.refusals());
     let session = ServiceBuilder::new()
-        .timeout(cfg.request_timeout)
+        .layer(deadline)
         .option_layer(cfg.cors.as_ref().map(|c| c.guard()))
         .layer(
             BodyLayer::new(cfg.max_body_bytes, cfg.body_read_timeout, true)
@@ -149,7 +152,7 @@ where
         .service(upstream.clone());
 
     let lookup = ServiceBuilder::new()
-        .timeout(cfg.request_timeout)
+        .layer(deadline)
         .layer(
             BodyLayer::new(cfg.max_body_bytes, cfg.body_read_timeout, false)
                 .min_rate(cfg.min_body_rate, cfg.body_rate_grace),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SESSION: &str = "/api/v3/sessions";
 
@@ -496,6 +497,45 @@ async fn upstream_down_is_502_and_slow_is_504() {
     let json = res.json();
     assert_eq!(json["status"], "error");
     assert!(!String::from_utf8_lossy(&res.body).contains(KEY));
+    env.shutdown().await;
+}
+
+/// The whole-request budget counts from the request's arrival: time the client took to send
+/// its body shortens what is left for the upstream. Each part is within its own budget here
+/// (body 700 ms of 1,200; upstream 900 ms of 1,200), the sum (1,600 ms) is not (1,500).
+#[tokio::test]
+async fn the_request_budget_cuts_an_upstream_exchange_its_body_read_has_shortened() {
+    let env = TestEnv::start_with(|f| {
+        f.server.request_timeout_ms = 1_500;
+        f.server.body_read_timeout_ms = 1_200;
+        f.upstream.timeout_ms = 1_200;
+    })
+    .await;
+    env.sim.set_latency(Duration::from_millis(900));
+    let head = format!(
+        "POST {SESSION} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        VALID.len()
+    );
+    let send = |pause: Duration| {
+        let head = head.clone();
+        let addr = env.gw.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(head.as_bytes()).await.expect("head");
+            tokio::time::sleep(pause).await;
+            s.write_all(VALID.as_bytes()).await.expect("body");
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let prompt = send(Duration::ZERO).await;
+    assert!(prompt.starts_with("HTTP/1.1 200"), "{prompt}");
+    let late = send(Duration::from_millis(700)).await;
+    assert!(late.starts_with("HTTP/1.1 504"), "{late}");
+    assert!(late.contains("upstream did not answer in time"), "{late}");
+    assert_eq!(env.sim.requests().len(), 2, "both reached the upstream");
     env.shutdown().await;
 }
 

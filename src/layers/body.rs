@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response};
 use http_body::Body as HttpBody;
@@ -67,25 +68,36 @@ enum ReadError {
     Broken,
 }
 
-/// Reads the whole body, at most `cfg.max` bytes, within [`BodyLayer::deadline`].
+/// Reads the whole body, at most `cfg.max` bytes, within [`BodyLayer::deadline`]. A frame
+/// that is already there is taken without a timer: most bodies arrive with their head, and
+/// only a read that has to wait arms one (the clock starts at the first wait).
 async fn read<B>(body: B, cfg: &BodyLayer) -> Result<Bytes, ReadError>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let start = Instant::now();
     let body = Limited::new(body, cfg.max);
     tokio::pin!(body);
+    let mut start = None;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut received = 0u64;
     loop {
-        let deadline = cfg.deadline(start, received);
-        match tokio::time::timeout_at(deadline.into(), body.frame()).await {
-            Err(_elapsed) => return Err(ReadError::TooSlow),
-            Ok(None) => break,
-            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => return Err(ReadError::TooLarge),
-            Ok(Some(Err(_))) => return Err(ReadError::Broken),
-            Ok(Some(Ok(frame))) => {
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                let start = *start.get_or_insert_with(Instant::now);
+                let deadline = cfg.deadline(start, received);
+                match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_elapsed) => return Err(ReadError::TooSlow),
+                }
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) if e.is::<LengthLimitError>() => return Err(ReadError::TooLarge),
+            Some(Err(_)) => return Err(ReadError::Broken),
+            Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     received += data.len() as u64;
                     if !data.is_empty() {

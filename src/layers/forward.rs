@@ -16,6 +16,7 @@ use http::{HeaderMap, Request, Response, Uri};
 use tower::{Layer, Service};
 
 use crate::error::{Body, BoxError};
+use crate::layers::arrival::Arrival;
 
 /// The client's socket address, set by the server on every request, with its IP rendered for
 /// `x-forwarded-for` once per connection rather than once per request.
@@ -74,8 +75,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             // As bytes: one odd byte in the value must not hide the names beside it.
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
-            // `keep-alive`, the usual option, names a header that goes below anyway.
+            .map(<[u8]>::trim_ascii)
+            // `keep-alive`, the usual option, names a header that goes below anyway: compared
+            // as bytes, it is never built into a name.
+            .filter(|n| !n.eq_ignore_ascii_case(b"keep-alive"))
+            .filter_map(|n| HeaderName::from_bytes(n).ok())
             .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
         for n in named {
@@ -203,8 +207,8 @@ where
         if !body.is_stream() {
             headers.remove(header::CONTENT_LENGTH);
         }
-        if let Some(client) = parts.extensions.get::<ClientAddr>() {
-            append_forwarded_for(headers, &client.ip);
+        if let Some(arrival) = parts.extensions.get::<Arrival>() {
+            append_forwarded_for(headers, &arrival.peer.client.ip);
         }
         self.inner
             .call(Request::from_parts(parts, body))

@@ -30,6 +30,7 @@ use http::{HeaderName, HeaderValue, Request, Response, Version};
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, ErrorFormat};
+use crate::layers::arrival::Arrival;
 
 /// What the raw HTTP/1 head said about the body framing, before hyper normalised it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,7 +100,7 @@ impl FramingLayer {
                 false,
             ));
         }
-        let facts = req.extensions().get::<HeadFacts>().copied();
+        let facts = req.extensions().get::<Arrival>().and_then(|a| a.head);
         let cl_lines = facts
             .map_or(0, |f| usize::from(f.content_length_lines))
             .max(cl_in_map);
@@ -242,19 +243,23 @@ mod tests {
         assert_eq!(status(&r), None, "other headers may repeat");
     }
 
+    fn arrived(head: HeadFacts) -> Arrival {
+        Arrival::from_client(([127, 0, 0, 1], 5000).into(), Some(head))
+    }
+
     #[test]
     fn facts_hyper_hides_are_used() {
         let mut r = req(&[("host", "a"), ("content-length", "3")]);
-        r.extensions_mut().insert(HeadFacts {
+        r.extensions_mut().insert(arrived(HeadFacts {
             content_length_lines: 2,
             transfer_encoding: false,
-        });
+        }));
         assert_eq!(status(&r), Some((400, false)));
         let mut r = req(&[("host", "a"), ("transfer-encoding", "chunked")]);
-        r.extensions_mut().insert(HeadFacts {
+        r.extensions_mut().insert(arrived(HeadFacts {
             content_length_lines: 1,
             transfer_encoding: true,
-        });
+        }));
         assert_eq!(status(&r), Some((400, true)));
         let r = req(&[
             ("host", "a"),

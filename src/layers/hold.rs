@@ -45,6 +45,7 @@ use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
 use crate::layers::admission::{Refusal, Refusals};
+use crate::layers::arrival::{Arrival, Peer};
 
 /// Largest chunk handed on at once: the unit of progress the watch sees.
 pub const CHUNK: usize = 64 * 1024;
@@ -107,16 +108,12 @@ impl AsRef<[u8]> for Piece {
     }
 }
 
-/// The answers of one connection, for the [`Sweeper`]. Put in each request's extensions by
-/// the listener as a [`Watcher`].
+/// The answers of one connection, for the [`Sweeper`]. Each request names it in its
+/// [`Arrival`].
 #[derive(Default)]
 pub struct Ledger {
     answers: Mutex<Vec<Weak<Answer>>>,
 }
-
-/// The request extension naming its connection's [`Ledger`].
-#[derive(Clone)]
-pub struct Watcher(pub Arc<Ledger>);
 
 impl Ledger {
     fn watch(&self, answer: &Arc<Answer>) {
@@ -271,12 +268,12 @@ impl HoldLayer {
         Self { budget, counts }
     }
 
-    /// `res` with its body under the budget and the watch of `watcher`'s connection, or 503
+    /// `res` with its body under the budget and the watch of its connection's `ledger`, or 503
     /// if the budget cannot take it.
     fn hold(
         &self,
         res: Response<Body>,
-        watcher: Option<&Watcher>,
+        ledger: Option<&Ledger>,
         format: ErrorFormat,
     ) -> Response<Body> {
         let held = match res.body().bytes() {
@@ -289,7 +286,7 @@ impl HoldLayer {
             return ApiError::Overloaded { retry_after: 1 }.to_response(format);
         }
         let answer = Answer::new(held, self.counts.clone());
-        if let Some(Watcher(ledger)) = watcher {
+        if let Some(ledger) = ledger {
             ledger.watch(&answer);
         }
         res.map(|inner| {
@@ -335,11 +332,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let watcher = req.extensions().get::<Watcher>().cloned();
+        let peer = req.extensions().get::<Arrival>().map(|a| a.peer.clone());
         let format = ErrorFormat::from_headers(req.headers());
         HoldFuture {
             inner: self.inner.call(req),
-            hold: Some((self.layer.clone(), watcher, format)),
+            hold: Some((self.layer.clone(), peer, format)),
         }
     }
 }
@@ -348,7 +345,7 @@ pin_project_lite::pin_project! {
     pub struct HoldFuture<F> {
         #[pin]
         inner: F,
-        hold: Option<(HoldLayer, Option<Watcher>, ErrorFormat)>,
+        hold: Option<(HoldLayer, Option<Arc<Peer>>, ErrorFormat)>,
     }
 }
 
@@ -362,7 +359,9 @@ where
         let this = self.project();
         let Ok(res) = futures_util::ready!(this.inner.poll(cx));
         Poll::Ready(Ok(match this.hold.take() {
-            Some((layer, watcher, format)) => layer.hold(res, watcher.as_ref(), format),
+            Some((layer, peer, format)) => {
+                layer.hold(res, peer.as_ref().map(|p| &*p.ledger), format)
+            }
             None => res,
         }))
     }
@@ -371,6 +370,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::forward::ClientAddr;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -387,7 +387,12 @@ mod tests {
 
     fn watched(ledger: &Arc<Ledger>) -> Request<()> {
         let mut req = Request::new(());
-        req.extensions_mut().insert(Watcher(ledger.clone()));
+        let peer = Peer {
+            client: ClientAddr::new(([127, 0, 0, 1], 5000).into()),
+            ledger: ledger.clone(),
+        };
+        req.extensions_mut()
+            .insert(Arrival::new(Arc::new(peer), None));
         req
     }
 

@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 
 use crate::cache::{policy, Decision, LookupCache, Pending};
 use crate::error::{Body, BoxError};
-use crate::routes::Route;
+use crate::routes::{Matched, Route};
 
 /// Learns from a forwarded request's answer before it goes back to the client.
 pub trait OnResponse {
@@ -159,7 +159,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(&route) = req.extensions().get::<Route>() else {
+        let Some(route) = req.extensions().get::<Matched>().map(|m| m.route) else {
             return Either::Right(Either::Left(OnResponseFuture::new(
                 self.inner.call(req),
                 None,

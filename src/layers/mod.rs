@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod api_key;
+pub mod arrival;
 pub mod body;
 pub mod cors;
 pub mod forward;

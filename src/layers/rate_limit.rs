@@ -26,7 +26,8 @@ use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
-use crate::layers::forward::{ClientAddr, X_FORWARDED_FOR};
+use crate::layers::arrival::Arrival;
+use crate::layers::forward::X_FORWARDED_FOR;
 use crate::layers::lookup_cache::{OnResponse, OnResponseFuture};
 use crate::layers::trace::Outcome;
 use crate::ratelimit::{Decision, Key, RateLimiter, Standing};
@@ -127,7 +128,9 @@ where
         let ip = match limiter.per_ip_quota() {
             Some(_) => client_ip(
                 req.headers(),
-                req.extensions().get::<ClientAddr>().map(ClientAddr::addr),
+                req.extensions()
+                    .get::<Arrival>()
+                    .map(|a| a.peer.client.addr()),
                 limiter.trusted_hops(),
             ),
             None => None,

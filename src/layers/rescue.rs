@@ -133,7 +133,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let format = ErrorFormat::from_headers(req.headers());
-        let id = req.extensions().get::<RequestId>().cloned();
+        let id = RequestId::of(&req);
         let inner = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
             .ok()
             .map(|f| AssertUnwindSafe(f).catch_unwind());

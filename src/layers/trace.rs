@@ -28,17 +28,23 @@ use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
 use crate::error::Body;
+use crate::layers::arrival::Arrival;
 use crate::logging::access::AccessLine;
 use crate::logging::AccessLog;
 use crate::routes::{Route, RouteLabel, RouteTable};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request's id, in its extensions.
+/// The request's id: the `x-request-id` header the trace layer leaves on every request.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
 impl RequestId {
+    /// The id the trace layer put on `req`.
+    pub fn of<B>(req: &Request<B>) -> Option<Self> {
+        req.headers().get(&X_REQUEST_ID).cloned().map(Self)
+    }
+
     /// The id as a log field.
     pub fn as_str(&self) -> &str {
         id_field(&self.0)
@@ -284,7 +290,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let start = Instant::now();
+        let start = req
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.at);
         self.observer.started();
         let id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) if acceptable_id(v) => v.clone(),
@@ -304,7 +313,6 @@ where
             req.extensions_mut().insert(m);
         }
         let method = req.method().clone();
-        req.extensions_mut().insert(RequestId(id.clone()));
         let span =
             tracing::debug_span!("request", request_id = id_field(&id), route = route.name());
         let inner = span.in_scope(|| self.inner.call(req)).instrument(span);

@@ -66,9 +66,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
-        let schema = match req.extensions().get::<Route>() {
+        let matched = req.extensions().get::<Matched>().copied();
+        let schema = match matched.map(|m| m.route) {
             Some(Route::VisitorSession) => Schema::Visitor,
-            Some(Route::Session(v)) => Schema::Session(*v),
+            Some(Route::Session(v)) => Schema::Session(v),
             // Only session routes carry this layer; anything else is a wiring bug.
             _ => Schema::Session(ApiVersion::V3),
         };
@@ -79,10 +80,7 @@ where
             }
             Err(err) => {
                 if let Some(f) = &self.layer.on_reject {
-                    let label = req
-                        .extensions()
-                        .get::<Matched>()
-                        .map_or(RouteLabel::UNMATCHED, |m| m.label);
+                    let label = matched.map_or(RouteLabel::UNMATCHED, |m| m.label);
                     f(label, &err);
                 }
                 let res = err.to_response(ErrorFormat::from_headers(req.headers()));

@@ -143,9 +143,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::future::{ready, Either};
         let (table, chains) = &*self.inner;
-        let matched = match req.extensions().get::<Matched>() {
-            Some(m) => Some(*m),
-            None => table.matches(req.method(), req.uri().path()),
+        // Matched once, by the trace layer, when it is there; the match then travels on.
+        let (matched, found) = match req.extensions().get::<Matched>() {
+            Some(m) => (Some(*m), true),
+            None => (table.matches(req.method(), req.uri().path()), false),
         };
         let chain = match matched.map(|m| m.route) {
             None | Some(Route::Deny) => {
@@ -165,8 +166,9 @@ where
                     req.extensions_mut().insert(u);
                 }
             }
-            req.extensions_mut().insert(m);
-            req.extensions_mut().insert(m.route);
+            if !found {
+                req.extensions_mut().insert(m);
+            }
         }
         // Before any policy runs, so what is validated and injected is what is sent.
         crate::layers::forward::strip_hop_by_hop(req.headers_mut());

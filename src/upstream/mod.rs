@@ -5,8 +5,9 @@
 //! Two ways to answer, chosen by the request:
 //!
 //! * **buffered** (policy routes): the whole answer is read, bounded by
-//!   `upstream.max_response_bytes`, inside the upstream time budget, so a slow body cannot hold
-//!   a request past its deadline and the layers that read answers (session bookkeeping, the
+//!   `upstream.max_response_bytes`, inside the upstream time budget or the whole request's
+//!   deadline (its `Arrival`), whichever ends first, so a slow body cannot hold a request past
+//!   its deadline and the layers that read answers (session bookkeeping, the
 //!   lookup cache) see complete bytes;
 //! * **streamed** (pass routes, marked by [`Streaming`]): the head within `upstream.timeout_ms`
 //!   of the request body's last byte, then the body passed on frame by frame, closed when idle.
@@ -27,6 +28,7 @@ use tower::Service;
 
 use crate::config;
 use crate::error::{Body, BoxError, GatewayError};
+use crate::layers::arrival::Arrival;
 use crate::layers::pass::{head_within, Streaming};
 use crate::layers::trace::Outcome;
 
@@ -111,6 +113,12 @@ impl Service<Request<Body>> for Upstream {
         }
         let limit = self.inner.max_response_bytes;
         let inner = self.inner.clone();
+        // The upstream's budget, cut short by the whole request's when that ends first.
+        let own = start + timeout;
+        let until = match req.extensions().get::<Arrival>().and_then(|a| a.deadline) {
+            Some(deadline) => deadline.min(own),
+            None => own,
+        };
         Box::pin(async move {
             let exchange = async {
                 let res = inner.pool.send(req).await.map_err(classify)?;
@@ -124,7 +132,7 @@ impl Service<Request<Body>> for Upstream {
                 };
                 Ok(Response::from_parts(parts, Body::full(bytes)))
             };
-            match tokio::time::timeout(timeout, exchange).await {
+            match tokio::time::timeout_at(until.into(), exchange).await {
                 Ok(Ok(mut res)) => {
                     Outcome::of(&mut res).upstream = Some(start.elapsed());
                     Ok(res)

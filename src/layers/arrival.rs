@@ -1,0 +1,120 @@
+//! What the listener knows of a request as it arrives, put in its extensions as one value.
+//!
+//! Every `Extensions::insert` boxes its value, and the map itself grows by reallocation: one
+//! extension carrying the connection's facts (shared, one `Arc`), the raw head's framing facts
+//! and the arrival time costs one allocation where one per fact cost four, and the layers that
+//! read them find them with one lookup.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use tower::{Layer, Service};
+
+use crate::layers::forward::ClientAddr;
+use crate::layers::framing::HeadFacts;
+use crate::layers::hold::Ledger;
+
+/// The facts of one client connection, built once when it is accepted.
+pub struct Peer {
+    /// The client's address, its IP rendered for `x-forwarded-for`.
+    pub client: ClientAddr,
+    /// The connection's answers, watched by the send timeout (`layers::hold`).
+    pub ledger: Arc<Ledger>,
+}
+
+impl Peer {
+    pub fn new(client: ClientAddr) -> Self {
+        Self {
+            client,
+            ledger: Arc::default(),
+        }
+    }
+}
+
+/// The request extension the listener adds to every request.
+#[derive(Clone)]
+pub struct Arrival {
+    pub peer: Arc<Peer>,
+    /// What the raw HTTP/1 head said about body framing (`None` over HTTP/2).
+    pub head: Option<HeadFacts>,
+    /// When the request's head had been read.
+    pub at: Instant,
+    /// When the whole request must have been answered: set by the policy chains
+    /// ([`Arrival::answer_within`]), honoured by the upstream exchange. `None` on pass routes,
+    /// which stream for as long as bytes move.
+    pub deadline: Option<Instant>,
+}
+
+impl Arrival {
+    pub fn new(peer: Arc<Peer>, head: Option<HeadFacts>) -> Self {
+        Self {
+            peer,
+            head,
+            at: Instant::now(),
+            deadline: None,
+        }
+    }
+
+    /// A request from a connection of its own from `addr` (tests and benches).
+    pub fn from_client(addr: std::net::SocketAddr, head: Option<HeadFacts>) -> Self {
+        Self::new(Arc::new(Peer::new(ClientAddr::new(addr))), head)
+    }
+
+    /// Sets the whole-request budget, counted from the arrival.
+    pub fn answer_within(&mut self, budget: Duration) {
+        self.deadline = Some(self.at + budget);
+    }
+}
+
+/// Gives each request the whole-request budget of its policy chain
+/// ([`Arrival::answer_within`]). It adds no future and no timer of its own: the body read and
+/// the upstream exchange, the only places a policy request waits, each end at their own
+/// deadline, and the upstream exchange also at this one.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    budget: Duration,
+}
+
+impl DeadlineLayer {
+    pub fn new(budget: Duration) -> Self {
+        Self { budget }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            budget: self.budget,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    budget: Duration,
+}
+
+impl<S, B> Service<Request<B>> for Deadline<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(arrival) = req.extensions_mut().get_mut::<Arrival>() {
+            arrival.answer_within(self.budget);
+        }
+        self.inner.call(req)
+    }
+}
