@@ -41,15 +41,9 @@ pub struct HeadFacts {
     pub transfer_encoding: bool,
 }
 
-/// The headers the gateway decides by; each may appear at most once.
-const SINGLE: [HeaderName; 6] = [
-    HOST,
-    CONTENT_TYPE,
-    CONTENT_LENGTH,
-    CONTENT_ENCODING,
-    AUTHORIZATION,
-    ORIGIN,
-];
+/// The headers the gateway decides by; each may appear at most once. `Content-Length`, which
+/// may not either, is counted with the raw head's lines in the framing pass.
+const SINGLE: [HeaderName; 5] = [HOST, CONTENT_TYPE, CONTENT_ENCODING, AUTHORIZATION, ORIGIN];
 
 #[derive(Debug, Clone, Copy)]
 pub struct FramingLayer {

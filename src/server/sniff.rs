@@ -83,21 +83,41 @@ impl Follower {
         while !data.is_empty() {
             match self.state {
                 State::Done => return,
-                State::Head => {
-                    self.head.extend_from_slice(data);
-                    // A head can only complete with a line feed.
-                    if !data.contains(&b'\n') {
-                        if self.head.len() > HYPER_MAX_HEAD {
-                            self.stop();
-                        }
-                        return;
-                    }
-                    let Some(used) = self.parse_head() else {
-                        return;
+                State::Head if self.head.is_empty() => {
+                    // The usual case: a head that starts this read is parsed where it lies,
+                    // not copied (a head can only complete with a line feed).
+                    let parsed = if data.contains(&b'\n') {
+                        self.parse_head(data)
+                    } else {
+                        Head::Partial
                     };
-                    let rest = self.head.split_off(used);
-                    self.head.clear();
-                    return self.feed(&rest);
+                    match parsed {
+                        Head::Complete(used) => data = &data[used..],
+                        Head::Partial => {
+                            self.head.extend_from_slice(data);
+                            if self.head.len() > HYPER_MAX_HEAD {
+                                self.stop();
+                            }
+                            return;
+                        }
+                        Head::Refused => return self.stop(),
+                    }
+                }
+                State::Head => {
+                    // The rest of a head begun in an earlier read.
+                    self.head.extend_from_slice(data);
+                    if data.contains(&b'\n') {
+                        let head = std::mem::take(&mut self.head);
+                        match self.parse_head(&head) {
+                            Head::Complete(used) => return self.feed(&head[used..]),
+                            Head::Refused => return self.stop(),
+                            Head::Partial => self.head = head,
+                        }
+                    }
+                    if self.head.len() > HYPER_MAX_HEAD {
+                        self.stop();
+                    }
+                    return;
                 }
                 State::Fixed(n) | State::Data(n) => {
                     let take = n.min(data.len() as u64);
@@ -159,23 +179,15 @@ impl Follower {
         self.head = Vec::new();
     }
 
-    /// Parses the collected head; on success queues its facts, sets the body state and returns
-    /// the head's length.
-    fn parse_head(&mut self) -> Option<usize> {
+    /// Parses the head at the start of `head`; when complete, queues its facts, sets the body
+    /// state and returns the head's length.
+    fn parse_head(&mut self, head: &[u8]) -> Head {
         let mut headers = [httparse::EMPTY_HEADER; 100];
         let mut req = httparse::Request::new(&mut headers);
-        let used = match req.parse(&self.head) {
+        let used = match req.parse(head) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                if self.head.len() > HYPER_MAX_HEAD {
-                    self.stop();
-                }
-                return None;
-            }
-            Err(_) => {
-                self.stop();
-                return None;
-            }
+            Ok(httparse::Status::Partial) => return Head::Partial,
+            Err(_) => return Head::Refused,
         };
         let mut facts = HeadFacts::default();
         let mut length = None;
@@ -203,8 +215,18 @@ impl Follower {
         } else {
             State::Head
         };
-        Some(used)
+        Head::Complete(used)
     }
+}
+
+/// What parsing a head found.
+enum Head {
+    /// A whole head of this many bytes.
+    Complete(usize),
+    /// Not all of it yet.
+    Partial,
+    /// Not a head httparse (and so hyper) accepts: the follower stops.
+    Refused,
 }
 
 pin_project_lite::pin_project! {

@@ -677,7 +677,6 @@ mod tests {
         s
     }
 
-    /// Waits (bounded) until `cond` holds; no timing is asserted, only the condition.
     /// Reads a request head off `s`; false when the peer closed (or failed) first.
     async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
         let mut buf = vec![0u8; 4096];
@@ -691,6 +690,40 @@ mod tests {
         true
     }
 
+    /// A raw HTTP/1.1 server: on each connection it answers the first request `ok` (without
+    /// `Connection: close`), then hands the connection to `after`. Counts connections accepted.
+    async fn answers_once<F, Fut>(after: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let after = Arc::new(after);
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let after = after.clone();
+                tokio::spawn(async move {
+                    if !read_head(&mut s).await {
+                        return;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_ok()
+                    {
+                        after(s).await;
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Waits (bounded) until `cond` holds; no timing is asserted, only the condition.
     async fn until(cond: impl Fn() -> bool, what: &str) {
         for _ in 0..500 {
             if cond() {
@@ -750,26 +783,14 @@ mod tests {
     /// so (`Connection: close` absent): the pooled connection is dead when it is next used.
     #[tokio::test(flavor = "current_thread")]
     async fn a_connection_the_server_closed_is_replaced_transparently() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
         let closed = Arc::new(Notify::new());
         let closed_srv = closed.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                if !read_head(&mut s).await {
-                    continue;
-                }
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await
-                    .unwrap();
-                drop(s);
-                closed_srv.notify_one();
-            }
-        });
+        let (addr, accepted) = answers_once(move |s| {
+            drop(s);
+            closed_srv.notify_one();
+            std::future::ready(())
+        })
+        .await;
         let pool = Pool::new(config(addr));
         for _ in 0..3 {
             let res = pool.send(get("/x")).await.unwrap();
@@ -791,29 +812,17 @@ mod tests {
     /// connection is already closed.
     #[tokio::test]
     async fn a_request_given_back_unsent_is_retried_once_on_a_fresh_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
         // Each connection answers one request, then closes when told to.
         let hang_up = Arc::new(Notify::new());
         let hang = hang_up.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let hang = hang.clone();
-                tokio::spawn(async move {
-                    if !read_head(&mut s).await {
-                        return;
-                    }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                    hang.notified().await;
-                });
+        let (addr, accepted) = answers_once(move |s| {
+            let hang = hang.clone();
+            async move {
+                hang.notified().await;
+                drop(s);
             }
-        });
+        })
+        .await;
         let pool = Pool::new(config(addr));
         assert_eq!(text(pool.send(get("/1")).await.unwrap()).await, "ok");
         let dead = lock(&pool.shared.parked).pop_front().unwrap().sender;
