@@ -10,8 +10,8 @@
 #   SECONDS  of load after the warm-up (default 8)
 # CONFIG=FILE in the environment replaces config/gateway.toml (an older build with its own).
 #
-# A fake upstream (nginx, `return 200` with ../shared/bench/response.json, the key checked on
-# the session path) and the gateway (config/gateway.toml as shipped: validation, local rate
+# A fake upstream (benches/lib.sh: nginx, `return 200` with ../shared/bench/response.json, the
+# key checked on the session path) and the gateway (config/gateway.toml as shipped: validation, local rate
 # limit, cache bookkeeping, metrics, the JSON access log, to /dev/null) on 127.0.0.1; wrk at 8
 # connections, deviceId rotated over 100,000 values. Counters are zeroed after a 3 s warm-up.
 # Prints instructions per request and keeps the callgrind file (callgrind_annotate reads it).
@@ -26,78 +26,22 @@ CONFIG=${CONFIG:-$ROOT/config/gateway.toml}
 RUN=$(mktemp -d /tmp/callgrind.XXXXXX)
 UP=18380
 GW=18390
-case $KIND in
-  session) URL_PATH=/api/v3/sessions ;;
-  pass) URL_PATH=/api/v3/messages ;;
-  *) echo "callgrind.sh: PATH is session or pass" >&2; exit 2 ;;
-esac
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+trap bench_stop EXIT INT TERM
+URL_PATH=$(bench_path "$KIND") || exit 2
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
-
-mkdir -p "$RUN/tmp"
-cat >"$RUN/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $RUN/upstream.pid;
-error_log $RUN/upstream.error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $RUN/tmp;
-    server {
-        listen 127.0.0.1:$UP;
-        default_type application/json;
-        location = /api/v3/sessions {
-            if (\$http_x_api_key != "test-key") { return 401 '{"error":"no key"}'; }
-            return 200 '$(tr -d '\n' <"$SHARED/response.json")';
-        }
-        location = /api/v3/messages {
-            return 200 '$(tr -d '\n' <"$SHARED/response.json")';
-        }
-        location / { return 404; }
-    }
-}
-EOF
-setsid nginx -p "$RUN" -c "$RUN/upstream.conf" >"$RUN/upstream.out" 2>&1 &
-pids+=($!)
+bench_upstream_conf "$RUN" "$UP" "$SHARED/response.json" >"$RUN/upstream.conf"
+bench_start nginx -p "$RUN" -c "$RUN/upstream.conf" >"$RUN/upstream.out" 2>&1
 
 GATEWAY_LISTEN=127.0.0.1:$GW GATEWAY_ADMIN_LISTEN=127.0.0.1:$((GW + 1)) \
   GATEWAY_UPSTREAM_URL=http://127.0.0.1:$UP AMITY_API_KEY=test-key \
-  setsid valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
-  "$BIN" serve --config "$CONFIG" >/dev/null 2>"$RUN/valgrind.err" &
-pids+=($!)
+  bench_start valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
+  "$BIN" serve --config "$CONFIG" >/dev/null 2>"$RUN/valgrind.err"
+bench_wait_http "$GW"
 
-for _ in $(seq 1 300); do
-  curl -s -o /dev/null "http://127.0.0.1:$GW/" 2>/dev/null && break
-  sleep 0.1
-done
-
-cat >"$RUN/load.lua" <<'EOF'
-local f = assert(io.open(os.getenv("BODY"), "rb"))
-local body = f:read("*a"):gsub("%s+$", "")
-f:close()
-wrk.method = "POST"
-wrk.path = os.getenv("URL_PATH")
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench-token"
-local rest = body:gsub('"deviceId":"device%-abc%-%d+",?', ""):gsub(",}$", "}")
-local head = rest:sub(1, -2) .. ',"deviceId":"device-abc-'
-local i = 0
-request = function()
-  i = i % 100000 + 1
-  return wrk.format(nil, nil, nil, head .. string.format("%06d", i) .. '"}')
-end
-done = function(summary)
-  io.write(string.format("@@REQUESTS %d non2xx=%d\n", summary.requests, summary.errors.status))
-end
-EOF
-load() {
-  BODY="$SHARED/request.json" URL_PATH=$URL_PATH timeout $(($1 + 30)) \
-    wrk -t 1 -c 8 -d "${1}s" -s "$RUN/load.lua" "http://127.0.0.1:$GW$URL_PATH"
-}
+bench_lua "$RUN/load.lua"
+load() { bench_wrk "$RUN/load.lua" "$SHARED/request.json" "$URL_PATH" "$1" 8 "$GW"; }
 load 3 >/dev/null
 callgrind_control -z >/dev/null
 out=$(load "$SECS")

@@ -3,8 +3,8 @@
 # nginx (and HAProxy) doing the same plain proxying, in one run, on one box.
 #
 # A small sibling of ../shared/bench/peers.sh for pass routes: the fake upstream
-# (nginx `return 200 <response.json>`) answers POST /api/v3/messages WITHOUT any key
-# check (anything else 404), and no proxy injects a header. Configs are rendered
+# (benches/lib.sh: nginx `return 200 <response.json>`) answers POST /api/v3/messages
+# WITHOUT any key check, and no proxy injects a header. Configs are rendered
 # into a temporary run directory; wrk posts request.json with
 # `Authorization: Bearer bench-token` in interleaved rounds.
 #
@@ -156,23 +156,11 @@ NGX_COMMON='events { worker_connections 4096; }'
 NGX_HTTP='access_log off; server_tokens off; keepalive_requests 1000000; keepalive_timeout 75s;
     client_body_temp_path @RUN@/@N@-tmp/body; proxy_temp_path @RUN@/@N@-tmp/proxy;
     fastcgi_temp_path @RUN@/@N@-tmp/fastcgi; uwsgi_temp_path @RUN@/@N@-tmp/uwsgi; scgi_temp_path @RUN@/@N@-tmp/scgi;'
-mkdir -p "$RUN/upstream-tmp" "$RUN/nginx-tmp"
-render "$RUN/upstream.conf" RUN="$RUN" N=upstream PORT="$UPSTREAM_PORT" RESPONSE_JSON="$RESPONSE_JSON" <<EOF
-worker_processes 1; daemon off; pid @RUN@/upstream.pid; error_log @RUN@/upstream.error.log warn;
-$NGX_COMMON
-http {
-    $NGX_HTTP
-    server {
-        listen 127.0.0.1:@PORT@ backlog=4096;
-        default_type application/json;
-        location = /api/v3/messages {
-            if (\$request_method != POST) { return 404 '{"error":"not found"}'; }
-            return 200 '@RESPONSE_JSON@';
-        }
-        location / { return 404 '{"error":"not found"}'; }
-    }
-}
-EOF
+mkdir -p "$RUN/nginx-tmp"
+# The fake upstream shared with the other bench scripts.
+# shellcheck source=benches/lib.sh
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+bench_upstream_conf "$RUN" "$UPSTREAM_PORT" "$HERE/response.json" >"$RUN/upstream.conf"
 render "$RUN/nginx.conf" RUN="$RUN" N=nginx PORT="${PEER_PORT[nginx]}" UPSTREAM_PORT="$UPSTREAM_PORT" <<EOF
 worker_processes 1; daemon off; pid @RUN@/nginx.pid; error_log @RUN@/nginx.error.log warn;
 $NGX_COMMON
