@@ -144,6 +144,24 @@ fn note_outcome(res: &mut Response<Body>, result: CacheResult) {
     Outcome::of(res).cache = Some(result.as_header());
 }
 
+/// [`Partition::of_network`] of `api_key`, remembered on each thread for the last key seen:
+/// the injected key is the same for nearly every request (it changes when rotated), and
+/// comparing it costs less than hashing it.
+fn network_of(api_key: &HeaderValue) -> Partition {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(HeaderValue, Partition)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((key, partition)) if key == api_key => *partition,
+        _ => {
+            let partition = Partition::of_network(api_key.as_bytes());
+            *last = Some((api_key.clone(), partition));
+            partition
+        }
+    })
+}
+
 impl LookupCache {
     pub fn new(cfg: &CacheConfig) -> Self {
         // Shared facts name users by a hash every replica computes alike.
@@ -459,7 +477,7 @@ impl LookupCache {
             self.publish(Fact::Forget { token: retired });
         }
         Some(SessionPending {
-            partition: Partition::of_network(api_key.as_bytes()),
+            partition: network_of(api_key),
             user_id: user_id.map(Into::into),
             user: user_id.map(|u| self.tokens.user(u)),
             device,

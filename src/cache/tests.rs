@@ -386,3 +386,15 @@ fn the_same_future_purge_date_reported_again_keeps_the_cache() {
         "not a new purge"
     );
 }
+
+#[test]
+fn the_remembered_network_follows_a_rotated_key() {
+    let (a, b) = (
+        HeaderValue::from_static("key-a"),
+        HeaderValue::from_static("key-b"),
+    );
+    for key in [&a, &a, &b, &b, &a] {
+        assert_eq!(network_of(key), Partition::of_network(key.as_bytes()));
+    }
+    assert_ne!(network_of(&a), network_of(&b));
+}
