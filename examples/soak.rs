@@ -43,8 +43,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 // The binary's allocator, so RSS behaves as the shipped gateway's does.
+#[path = "../src/allocator.rs"]
+mod allocator;
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::Mimalloc = allocator::Mimalloc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HttpClient = Client<HttpConnector, Full<Bytes>>;

@@ -1,5 +1,7 @@
 //! `amity-gateway`: serve, sim, demo, check-config.
 
+mod allocator;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use clap::{Parser, Subcommand};
 /// mimalloc instead of the system allocator: requests allocate and free many small objects
 /// across layers, which glibc's malloc serves measurably slower (see README, Performance).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
 
 #[derive(Parser)]
 #[command(
