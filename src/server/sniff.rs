@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -182,9 +183,11 @@ impl Follower {
     /// Parses the head at the start of `head`; when complete, queues its facts, sets the body
     /// state and returns the head's length.
     fn parse_head(&mut self, head: &[u8]) -> Head {
-        let mut headers = [httparse::EMPTY_HEADER; 100];
-        let mut req = httparse::Request::new(&mut headers);
-        let used = match req.parse(head) {
+        // Uninitialised, as hyper gives them: 100 headers written out first would cost more than
+        // parsing the few a head has.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+        let mut req = httparse::Request::new(&mut []);
+        let used = match req.parse_with_uninit_headers(head, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Head::Partial,
             Err(_) => return Head::Refused,
