@@ -28,7 +28,9 @@ UP=18380
 GW=18390
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
-trap bench_stop EXIT INT TERM
+trap bench_stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 URL_PATH=$(bench_path "$KIND") || exit 2
 
 bench_upstream_conf "$RUN" "$UP" "$SHARED/response.json" >"$RUN/upstream.conf"

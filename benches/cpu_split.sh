@@ -15,11 +15,8 @@
 # microseconds of CPU per request, read from /proc for the proxy's whole process group, and,
 # when perf may read the raw_syscalls tracepoint, the system calls per request.
 #
-# Example, the gateway with its shipped config, then nginx with a minimal proxy config:
-#   benches/cpu_split.sh session 5 -- 'GATEWAY_UPSTREAM_URL=http://127.0.0.1:$UPSTREAM_PORT
-#     AMITY_API_KEY=test-key GATEWAY_LISTEN=127.0.0.1:$PROXY_PORT
-#     GATEWAY_ADMIN_LISTEN=127.0.0.1:18499 exec target/release/amity-gateway serve
-#     --config config/gateway.toml'
+# Example, the gateway with its shipped config (nginx: see benches/README.md):
+#   benches/cpu_split.sh session 5 -- 'GATEWAY_UPSTREAM_URL=http://127.0.0.1:$UPSTREAM_PORT AMITY_API_KEY=test-key GATEWAY_LISTEN=127.0.0.1:$PROXY_PORT GATEWAY_ADMIN_LISTEN=127.0.0.1:18499 exec target/release/amity-gateway serve --config config/gateway.toml'
 set -euo pipefail
 
 KIND=session
@@ -40,7 +37,9 @@ RUN=$(mktemp -d /tmp/cpu_split.XXXXXX)
 export UPSTREAM_PORT=18480 PROXY_PORT=18490
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
-trap bench_stop EXIT INT TERM
+trap bench_stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 URL_PATH=$(bench_path "$KIND")
 
 bench_upstream_conf "$RUN" "$UPSTREAM_PORT" "$SHARED/response.json" >"$RUN/upstream.conf"

@@ -285,6 +285,9 @@ impl GatewayError {
 
 /// Maps any error that reached the rescue layer. Unknown errors are a 500 with a generic detail.
 pub fn rescue(err: &BoxError) -> ApiError {
+    if err.is::<crate::layers::arrival::BudgetElapsed>() {
+        return ApiError::GatewayTimeout;
+    }
     if let Some(e) = err.downcast_ref::<GatewayError>() {
         return match e {
             GatewayError::UpstreamConnect(_) => ApiError::BadGateway("upstream unreachable".into()),

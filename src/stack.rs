@@ -147,7 +147,10 @@ where
             ApiKeyLayer::new(shared.api_key.clone(), cfg.client_key, true)
                 .trusting_hops(cfg.rate_limit.as_ref().map_or(0, |r| r.trusted_hops)),
         )
-        .layer(SessionObserverLayer::new(shared.cache.clone()))
+        .layer(SessionObserverLayer::new(
+            shared.cache.clone(),
+            cfg.upstream.timeout,
+        ))
         .layer(forward.clone())
         .service(upstream.clone());
 
@@ -159,7 +162,10 @@ where
         )
         .layer(admission)
         .layer(strip_key.clone())
-        .layer(LookupCacheLayer::new(shared.cache.clone()))
+        .layer(LookupCacheLayer::new(
+            shared.cache.clone(),
+            cfg.upstream.timeout,
+        ))
         .layer(forward.clone())
         .service(upstream.clone());
 

@@ -66,12 +66,36 @@ impl Arrival {
     pub fn answer_within(&mut self, budget: Duration) {
         self.deadline = Some(self.at + budget);
     }
+
+    /// Takes `req`'s deadline out of its `Arrival`, for a caller that ends the client's wait
+    /// itself while the exchange runs on (`layers::lookup_cache::detached`).
+    pub fn take_deadline<B>(req: &mut Request<B>) -> Option<Instant> {
+        req.extensions_mut()
+            .get_mut::<Arrival>()
+            .and_then(|a| a.deadline.take())
+    }
 }
+
+/// The whole-request budget ran out (504, like an upstream timeout, but not counted as one:
+/// the time may have gone on a slow body or a slow limiter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetElapsed;
+
+impl std::fmt::Display for BudgetElapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request's time budget ran out")
+    }
+}
+
+impl std::error::Error for BudgetElapsed {}
 
 /// Gives each request the whole-request budget of its policy chain
 /// ([`Arrival::answer_within`]). It adds no future and no timer of its own: the body read and
 /// the upstream exchange, the only places a policy request waits, each end at their own
-/// deadline, and the upstream exchange also at this one.
+/// deadline, and the upstream exchange also at this one ([`BudgetElapsed`] when it is this one
+/// that ends it, and at once, unsent, when it has passed before the exchange begins). An
+/// exchange whose answer the gateway learns from runs on past it in a task of its own; only the
+/// client's wait ends (`layers::lookup_cache::detached`).
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
     budget: Duration,

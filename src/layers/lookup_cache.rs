@@ -17,6 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{self, Either, Ready};
 use http::header::ACCEPT_ENCODING;
@@ -26,6 +27,7 @@ use tower::{Layer, Service};
 
 use crate::cache::{policy, Decision, LookupCache, Pending};
 use crate::error::{Body, BoxError};
+use crate::layers::arrival::{Arrival, BudgetElapsed};
 use crate::routes::{Matched, Route};
 
 /// Learns from a forwarded request's answer before it goes back to the client.
@@ -43,15 +45,30 @@ pub trait OnResponse {
 /// A forwarded request run to its end whatever happens to the client's side.
 pub type Detached = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
-/// Runs `inner` in a task of its own and applies `ctx` to its outcome there: dropping the
-/// returned future (the client went away, the request timed out) leaves the task running, so
-/// the answer is still read to the end and learnt from. Outside a tokio runtime (never the
-/// case when serving) it runs in place.
-pub fn detached<F, C>(inner: F, ctx: C) -> Detached
+/// Sends `req` through `call` in a task of its own and applies `ctx` to its outcome there:
+/// dropping the returned future (the client went away) leaves the task running, so the answer
+/// is still read to the end and learnt from. The request's whole-request deadline is taken out
+/// of it: the exchange runs under the upstream's own budget (`upstream_timeout`), and the
+/// deadline ends only the client's wait ([`BudgetElapsed`]), with a timer of its own only when
+/// it comes before the upstream's budget ends. A request whose deadline has already passed is
+/// not sent. Outside a tokio runtime (never the case when serving) it runs in place.
+pub fn detached<B, F, C>(
+    mut req: Request<B>,
+    call: impl FnOnce(Request<B>) -> F,
+    ctx: C,
+    upstream_timeout: Duration,
+) -> Detached
 where
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
     C: OnResponse + Send + 'static,
 {
+    let deadline = Arrival::take_deadline(&mut req);
+    let now = Instant::now();
+    if deadline.is_some_and(|d| d <= now) {
+        return Box::pin(future::ready(Err(BudgetElapsed.into())));
+    }
+    let deadline = deadline.filter(|&d| d < now + upstream_timeout);
+    let inner = call(req);
     let run = async move {
         let mut out = inner.await;
         match &mut out {
@@ -63,7 +80,15 @@ where
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             let task = rt.spawn(run);
-            Box::pin(async move { task.await.map_err(BoxError::from)? })
+            Box::pin(async move {
+                match deadline {
+                    None => task.await.map_err(BoxError::from)?,
+                    Some(d) => match tokio::time::timeout_at(d.into(), task).await {
+                        Ok(joined) => joined.map_err(BoxError::from)?,
+                        Err(_) => Err(BudgetElapsed.into()),
+                    },
+                }
+            })
         }
         Err(_) => Box::pin(run),
     }
@@ -117,11 +142,17 @@ impl OnResponse for (Arc<LookupCache>, Pending) {
 #[derive(Clone)]
 pub struct LookupCacheLayer {
     cache: Arc<LookupCache>,
+    upstream_timeout: Duration,
 }
 
 impl LookupCacheLayer {
-    pub fn new(cache: Arc<LookupCache>) -> Self {
-        Self { cache }
+    /// `upstream_timeout` is the upstream's own budget, under which answers that must be learnt
+    /// from run on past the request's deadline ([`detached`]).
+    pub fn new(cache: Arc<LookupCache>, upstream_timeout: Duration) -> Self {
+        Self {
+            cache,
+            upstream_timeout,
+        }
     }
 }
 
@@ -131,6 +162,7 @@ impl<S> Layer<S> for LookupCacheLayer {
         LookupCacheService {
             inner,
             cache: self.cache.clone(),
+            upstream_timeout: self.upstream_timeout,
         }
     }
 }
@@ -139,6 +171,7 @@ impl<S> Layer<S> for LookupCacheLayer {
 pub struct LookupCacheService<S> {
     inner: S,
     cache: Arc<LookupCache>,
+    upstream_timeout: Duration,
 }
 
 type Forwarded<F> = OnResponseFuture<F, (Arc<LookupCache>, Pending)>;
@@ -177,7 +210,8 @@ where
                 }
                 let ctx = (self.cache.clone(), pending);
                 Either::Right(if ctx.1.must_finish() {
-                    Either::Right(detached(self.inner.call(req), ctx))
+                    let inner = &mut self.inner;
+                    Either::Right(detached(req, |r| inner.call(r), ctx, self.upstream_timeout))
                 } else {
                     Either::Left(OnResponseFuture::new(self.inner.call(req), Some(ctx)))
                 })

@@ -123,8 +123,8 @@ where
     type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // An inner readiness error is reported on the call instead (load shed answers 503 there);
-        // here it would have to be dropped, so we claim readiness and let `call` decide.
+        // An inner readiness error is reported on the call instead; here it would have to be
+        // dropped, so we claim readiness and let `call` decide.
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(_) => Poll::Ready(Ok(())),

@@ -4,15 +4,16 @@
 //! unchanged. Sits below validation (the request's [`SessionFacts`] are known) and below key
 //! injection: the injected `x-api-key` names the network the issued token belongs to.
 //!
-//! The answer is read to the end in a task of its own ([`detached`]): a client that goes away,
-//! or a request timeout, must not keep the gateway from learning the token that retired the
-//! device's older one.
+//! The answer is read to the end in a task of its own ([`detached`]), under the upstream's own
+//! budget: a client that goes away, or the request's whole budget running out, must not keep
+//! the gateway from learning the token that retired the device's older one.
 //!
 //! The request's `accept-encoding` is dropped so the upstream answers uncompressed: the gateway
 //! must read the answer, and a session answer is a few kilobytes at most.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::ACCEPT_ENCODING;
 use http::{Request, Response};
@@ -29,11 +30,17 @@ use crate::session::SessionFacts;
 #[derive(Clone)]
 pub struct SessionObserverLayer {
     cache: Arc<LookupCache>,
+    upstream_timeout: Duration,
 }
 
 impl SessionObserverLayer {
-    pub fn new(cache: Arc<LookupCache>) -> Self {
-        Self { cache }
+    /// `upstream_timeout` is the upstream's own budget, under which the answer is read to the
+    /// end even past the request's deadline ([`detached`]).
+    pub fn new(cache: Arc<LookupCache>, upstream_timeout: Duration) -> Self {
+        Self {
+            cache,
+            upstream_timeout,
+        }
     }
 }
 
@@ -86,7 +93,14 @@ where
         match pending {
             Some(p) => {
                 req.headers_mut().remove(ACCEPT_ENCODING);
-                Either::Right(detached(self.inner.call(req), (cache.clone(), p)))
+                let inner = &mut self.inner;
+                let ctx = (cache.clone(), p);
+                Either::Right(detached(
+                    req,
+                    |r| inner.call(r),
+                    ctx,
+                    self.layer.upstream_timeout,
+                ))
             }
             None => Either::Left(self.inner.call(req)),
         }

@@ -28,7 +28,7 @@ use tower::Service;
 
 use crate::config;
 use crate::error::{Body, BoxError, GatewayError};
-use crate::layers::arrival::Arrival;
+use crate::layers::arrival::{Arrival, BudgetElapsed};
 use crate::layers::pass::{head_within, Streaming};
 use crate::layers::trace::Outcome;
 
@@ -113,12 +113,18 @@ impl Service<Request<Body>> for Upstream {
         }
         let limit = self.inner.max_response_bytes;
         let inner = self.inner.clone();
-        // The upstream's budget, cut short by the whole request's when that ends first.
+        // The upstream's budget, cut short by the whole request's when that ends first; a
+        // request whose budget has already run out is not sent at all.
         let own = start + timeout;
-        let until = match req.extensions().get::<Arrival>().and_then(|a| a.deadline) {
-            Some(deadline) => deadline.min(own),
-            None => own,
-        };
+        let budget = req
+            .extensions()
+            .get::<Arrival>()
+            .and_then(|a| a.deadline)
+            .filter(|&deadline| deadline < own);
+        if budget.is_some_and(|deadline| deadline <= start) {
+            return Box::pin(std::future::ready(Err(BudgetElapsed.into())));
+        }
+        let until = budget.unwrap_or(own);
         Box::pin(async move {
             let exchange = async {
                 let res = inner.pool.send(req).await.map_err(classify)?;
@@ -138,8 +144,71 @@ impl Service<Request<Body>> for Upstream {
                     Ok(res)
                 }
                 Ok(Err(e)) => Err(e.into()),
+                Err(_) if budget.is_some() => Err(BudgetElapsed.into()),
                 Err(_) => Err(GatewayError::UpstreamTimeout.into()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::sim::{SimConfig, Simulator};
+    use tower::ServiceExt;
+
+    fn upstream(addr: SocketAddr) -> Upstream {
+        Upstream::new(&config::Upstream {
+            base: format!("http://{addr}").parse().unwrap(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 4,
+            http2: false,
+            max_response_bytes: 1 << 20,
+        })
+    }
+
+    fn request(deadline: Option<Instant>) -> Request<Body> {
+        let mut req = Request::get("/api/v3/users/u1")
+            .body(Body::empty())
+            .unwrap();
+        let mut arrival = Arrival::from_client(([127, 0, 0, 1], 5000).into(), None);
+        arrival.deadline = deadline;
+        req.extensions_mut().insert(arrival);
+        req
+    }
+
+    /// A request whose whole budget ran out before its exchange began is answered at once and
+    /// never sent; one with budget left is sent; when the budget ends first, it is what ends
+    /// the exchange, not the upstream's own timeout.
+    #[tokio::test]
+    async fn a_spent_budget_is_never_sent_and_a_short_one_ends_the_exchange() {
+        let sim = Simulator::new(SimConfig::new("k"));
+        let handle = sim
+            .clone()
+            .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let up = upstream(handle.addr);
+        let spent = Instant::now() - Duration::from_millis(1);
+        let err = up.clone().oneshot(request(Some(spent))).await.unwrap_err();
+        assert!(err.is::<BudgetElapsed>(), "{err}");
+        assert!(sim.requests().is_empty(), "nothing sent");
+
+        let res = up.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(
+            res.status(),
+            http::StatusCode::UNAUTHORIZED,
+            "the simulator answered"
+        );
+        assert_eq!(sim.requests().len(), 1);
+
+        sim.set_latency(Duration::from_millis(500));
+        let short = Instant::now() + Duration::from_millis(100);
+        let err = up.oneshot(request(Some(short))).await.unwrap_err();
+        assert!(err.is::<BudgetElapsed>(), "{err}");
     }
 }
