@@ -37,16 +37,17 @@ RUN=$(mktemp -d /tmp/cpu_split.XXXXXX)
 export UPSTREAM_PORT=18480 PROXY_PORT=18490
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
-trap bench_stop EXIT
+trap 'bench_stop; rm -rf "$RUN"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 URL_PATH=$(bench_path "$KIND")
 
 bench_upstream_conf "$RUN" "$UPSTREAM_PORT" "$SHARED/response.json" >"$RUN/upstream.conf"
 bench_start taskset -c 0 nginx -p "$RUN" -c "$RUN/upstream.conf" >"$RUN/upstream.out" 2>&1
-bench_start taskset -c 1 bash -c "$*" >"$RUN/proxy.out" 2>&1
+# Its output (an access log under load) is not kept; its errors are.
+bench_start taskset -c 1 bash -c "$*" >/dev/null 2>"$RUN/proxy.err"
 proxy_group=${BENCH_PGIDS[1]}
-bench_wait_http "$PROXY_PORT"
+bench_wait_http "$PROXY_PORT" || { tail -n 20 "$RUN/proxy.err" >&2; exit 1; }
 
 bench_lua "$RUN/load.lua"
 load() {
