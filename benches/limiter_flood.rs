@@ -14,6 +14,8 @@
 
 #[path = "support/alloc.rs"]
 mod alloc;
+#[path = "support/rss.rs"]
+mod rss;
 
 use std::fmt::Write;
 use std::time::Instant;
@@ -32,14 +34,7 @@ const AT_LIMIT: usize = 1_000;
 const AT_LIMIT_REQUESTS: usize = 10;
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    rss::rss_kib(None).unwrap_or(0)
 }
 
 fn mib(kib: u64) -> f64 {

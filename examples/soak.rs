@@ -45,6 +45,8 @@ use tokio_tungstenite::tungstenite::Message;
 // The binary's allocator, so RSS behaves as the shipped gateway's does.
 #[path = "../src/allocator.rs"]
 mod allocator;
+#[path = "../benches/support/rss.rs"]
+mod rss;
 
 #[global_allocator]
 static GLOBAL: allocator::Mimalloc = allocator::Mimalloc;
@@ -242,14 +244,7 @@ fn free_port() -> Result<u16, BoxError> {
 
 /// `VmRSS` of this process, in KiB.
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    rss::rss_kib(None).unwrap_or(0)
 }
 
 fn open_fds() -> usize {

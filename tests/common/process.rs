@@ -1,6 +1,9 @@
 //! The gateway binary as operators run it, for tests that need the real process: its stdout
 //! read line by line, SIGTERM, its exit status.
 
+#[path = "../../benches/support/rss.rs"]
+mod rss;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -203,11 +206,5 @@ impl GatewayProcess {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+    rss::rss_kib(Some(pid)).expect("VmRSS in /proc/PID/status of a live process")
 }
