@@ -89,6 +89,21 @@ impl std::fmt::Display for BudgetElapsed {
 
 impl std::error::Error for BudgetElapsed {}
 
+/// Whether the request's `deadline` ends a wait that would otherwise end at `own`, seen at
+/// `now`: `Some` of it when it comes first, `None` when `own` does (or there is none), and
+/// [`BudgetElapsed`] when it has already passed, so the wait must not begin at all.
+pub fn deadline_first(
+    deadline: Option<Instant>,
+    now: Instant,
+    own: Instant,
+) -> Result<Option<Instant>, BudgetElapsed> {
+    match deadline {
+        Some(d) if d <= now => Err(BudgetElapsed),
+        Some(d) if d < own => Ok(Some(d)),
+        _ => Ok(None),
+    }
+}
+
 /// Gives each request the whole-request budget of its policy chain
 /// ([`Arrival::answer_within`]). It adds no future and no timer of its own: the body read and
 /// the upstream exchange, the only places a policy request waits, each end at their own
@@ -140,5 +155,21 @@ where
             arrival.answer_within(self.budget);
         }
         self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_deadline_ends_a_wait_only_when_it_comes_first() {
+        let now = Instant::now();
+        let own = now + Duration::from_secs(10);
+        let early = now + Duration::from_secs(3);
+        assert_eq!(deadline_first(Some(early), now, own), Ok(Some(early)));
+        assert_eq!(deadline_first(Some(own), now, own), Ok(None));
+        assert_eq!(deadline_first(None, now, own), Ok(None));
+        assert_eq!(deadline_first(Some(now), now, own), Err(BudgetElapsed));
     }
 }

@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 
 use crate::cache::{policy, Decision, LookupCache, Pending};
 use crate::error::{Body, BoxError};
-use crate::layers::arrival::{Arrival, BudgetElapsed};
+use crate::layers::arrival::{deadline_first, Arrival, BudgetElapsed};
 use crate::routes::{Matched, Route};
 
 /// Learns from a forwarded request's answer before it goes back to the client.
@@ -62,12 +62,15 @@ where
     F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
     C: OnResponse + Send + 'static,
 {
-    let deadline = Arrival::take_deadline(&mut req);
     let now = Instant::now();
-    if deadline.is_some_and(|d| d <= now) {
-        return Box::pin(future::ready(Err(BudgetElapsed.into())));
-    }
-    let deadline = deadline.filter(|&d| d < now + upstream_timeout);
+    let deadline = match deadline_first(
+        Arrival::take_deadline(&mut req),
+        now,
+        now + upstream_timeout,
+    ) {
+        Ok(deadline) => deadline,
+        Err(spent) => return Box::pin(future::ready(Err(spent.into()))),
+    };
     let inner = call(req);
     let run = async move {
         let mut out = inner.await;

@@ -28,7 +28,7 @@ use tower::Service;
 
 use crate::config;
 use crate::error::{Body, BoxError, GatewayError};
-use crate::layers::arrival::{Arrival, BudgetElapsed};
+use crate::layers::arrival::{deadline_first, Arrival, BudgetElapsed};
 use crate::layers::pass::{head_within, Streaming};
 use crate::layers::trace::Outcome;
 
@@ -116,14 +116,11 @@ impl Service<Request<Body>> for Upstream {
         // The upstream's budget, cut short by the whole request's when that ends first; a
         // request whose budget has already run out is not sent at all.
         let own = start + timeout;
-        let budget = req
-            .extensions()
-            .get::<Arrival>()
-            .and_then(|a| a.deadline)
-            .filter(|&deadline| deadline < own);
-        if budget.is_some_and(|deadline| deadline <= start) {
-            return Box::pin(std::future::ready(Err(BudgetElapsed.into())));
-        }
+        let deadline = req.extensions().get::<Arrival>().and_then(|a| a.deadline);
+        let budget = match deadline_first(deadline, start, own) {
+            Ok(budget) => budget,
+            Err(spent) => return Box::pin(std::future::ready(Err(spent.into()))),
+        };
         let until = budget.unwrap_or(own);
         Box::pin(async move {
             let exchange = async {
