@@ -48,8 +48,7 @@ load 3 >/dev/null
 callgrind_control -z >/dev/null
 out=$(load "$SECS")
 callgrind_control -d >/dev/null
-requests=$(sed -n 's/^@@REQUESTS \([0-9]*\).*/\1/p' <<<"$out")
-non2xx=$(sed -n 's/.* non2xx=\([0-9]*\).*/\1/p' <<<"$out")
+read -r requests non2xx < <(bench_counts "$out")
 file=$(ls -t "$RUN"/callgrind.out* | head -n 1)
 ir=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 echo "requests $requests (non-2xx $non2xx), instructions $ir, per request $((ir / requests))"

@@ -78,8 +78,7 @@ read -r u0 s0 < <(ticks)
 out=$(load "$SECS")
 read -r u1 s1 < <(ticks)
 [[ -z $perf_pid ]] || wait "$perf_pid" || true
-requests=$(sed -n 's/^@@REQUESTS \([0-9]*\).*/\1/p' <<<"$out")
-non2xx=$(sed -n 's/.* non2xx=\([0-9]*\).*/\1/p' <<<"$out")
+read -r requests non2xx < <(bench_counts "$out")
 hz=$(getconf CLK_TCK)
 per() { awk -v t="$1" -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
 echo "requests $requests (non-2xx $non2xx)"

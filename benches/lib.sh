@@ -11,6 +11,8 @@
 # bench_lua FILE
 #     Writes a wrk script posting $BODY (a file) to $URL_PATH with a bearer token, its
 #     deviceId rotated over 100,000 values; it prints `@@REQUESTS <n> non2xx=<n>` at the end.
+# bench_counts WRK-OUTPUT
+#     Prints the requests and non-2xx answers a bench_lua run reported, space-separated.
 # bench_wrk LUA BODY PATH SECONDS CONNECTIONS PORT [CMD-PREFIX...]
 #     One wrk thread running LUA (from bench_lua) with BODY against 127.0.0.1:PORT/PATH, under
 #     CMD-PREFIX (e.g. taskset -c 0) when given.
@@ -77,6 +79,10 @@ bench_wrk() {
   shift 6
   BODY=$body URL_PATH=$path timeout $((secs + 30)) "$@" \
     wrk -t 1 -c "$conns" -d "${secs}s" -s "$lua" "http://127.0.0.1:$port$path"
+}
+
+bench_counts() {
+  sed -n 's/^@@REQUESTS \([0-9]*\) non2xx=\([0-9]*\).*/\1 \2/p' <<<"$1"
 }
 
 bench_lua() {

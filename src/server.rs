@@ -393,8 +393,8 @@ impl ConnState {
 }
 
 /// The service of one connection: adds its [`Arrival`] (the connection's facts and, on
-/// HTTP/1, the raw head's framing facts) to each request, caps requests in progress per HTTP/2 connection, and marks
-/// HTTP/1 answers `Connection: close` once the drain has begun.
+/// HTTP/1, the raw head's framing facts) to each request, caps requests in progress per HTTP/2
+/// connection, and marks HTTP/1 answers `Connection: close` once the drain has begun.
 #[derive(Clone)]
 struct ConnService<S> {
     inner: S,

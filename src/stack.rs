@@ -24,8 +24,8 @@
 //!   (400/422) → rate limit (429) → key injection → session observer → forward hygiene →
 //!   upstream. The whole-request deadline is set on the policy chains, not above the router:
 //!   pass routes stream for as long as bytes move. It is a time in the request's `Arrival`, not
-//!   a timer: the upstream exchange ends at it (`layers::arrival`). The origin guard refuses a foreign website before
-//!   anything is read or counted. Validation precedes everything that costs or counts, so
+//!   a timer: the upstream exchange ends at it (`layers::arrival`). The origin guard refuses a
+//!   foreign website before anything is read or counted. Validation precedes everything that costs or counts, so
 //!   nothing invalid reaches the limiter or the upstream; its rejections are counted per field.
 //!   The limiter keys on the validated `deviceId` (one budget across v3, v4, v5 and visitor
 //!   sessions) and answers a refusal before any cache bookkeeping or key injection, so a

@@ -96,10 +96,7 @@ impl Follower {
                         Head::Complete(used) => data = &data[used..],
                         Head::Partial => {
                             self.head.extend_from_slice(data);
-                            if self.head.len() > HYPER_MAX_HEAD {
-                                self.stop();
-                            }
-                            return;
+                            return self.stop_if_oversized();
                         }
                         Head::Refused => return self.stop(),
                     }
@@ -115,10 +112,7 @@ impl Follower {
                             Head::Partial => self.head = head,
                         }
                     }
-                    if self.head.len() > HYPER_MAX_HEAD {
-                        self.stop();
-                    }
-                    return;
+                    return self.stop_if_oversized();
                 }
                 State::Fixed(n) | State::Data(n) => {
                     let take = n.min(data.len() as u64);
@@ -172,6 +166,13 @@ impl Follower {
                     }
                 }
             }
+        }
+    }
+
+    /// A head kept incomplete may grow only to hyper's limit; past it hyper refuses it.
+    fn stop_if_oversized(&mut self) {
+        if self.head.len() > HYPER_MAX_HEAD {
+            self.stop();
         }
     }
 
