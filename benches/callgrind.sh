@@ -4,7 +4,8 @@
 # machine is doing, so two builds compare without alternating runs.
 #
 # Usage: benches/callgrind.sh BINARY [PATH] [SECONDS]
-#   BINARY   the gateway (a release build: target/release/amity-gateway)
+#   BINARY   the gateway (a release build: target/release/amity-gateway), or the floor
+#            target/release/examples/bare_proxy (BARE_CLIENT=pool: with the gateway's pool)
 #   PATH     session (default: POST /api/v3/sessions, a policy route) or pass
 #            (POST /api/v3/messages, a pass route)
 #   SECONDS  of load after the warm-up (default 8)
@@ -32,14 +33,24 @@ trap bench_stop EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 URL_PATH=$(bench_path "$KIND") || exit 2
+# One runtime thread, as when the proxy is pinned to one CPU in the native runs (under valgrind
+# the process would see every CPU and run tokio's multi-thread scheduler).
+export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
 
 bench_upstream_conf "$RUN" "$UP" "$SHARED/response.json" >"$RUN/upstream.conf"
 bench_start nginx -p "$RUN" -c "$RUN/upstream.conf" >"$RUN/upstream.out" 2>&1
 
-GATEWAY_LISTEN=127.0.0.1:$GW GATEWAY_ADMIN_LISTEN=127.0.0.1:$((GW + 1)) \
-  GATEWAY_UPSTREAM_URL=http://127.0.0.1:$UP AMITY_API_KEY=test-key \
-  bench_start valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
-  "$BIN" serve --config "$CONFIG" >/dev/null 2>"$RUN/valgrind.err"
+if [[ $(basename "$BIN") == bare_proxy ]]; then
+  # The floor (examples/bare_proxy.rs); BARE_CLIENT=pool in the environment selects its client.
+  BARE_LISTEN=127.0.0.1:$GW BARE_UPSTREAM=127.0.0.1:$UP BARE_API_KEY=test-key \
+    bench_start valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
+    "$BIN" >/dev/null 2>"$RUN/valgrind.err"
+else
+  GATEWAY_LISTEN=127.0.0.1:$GW GATEWAY_ADMIN_LISTEN=127.0.0.1:$((GW + 1)) \
+    GATEWAY_UPSTREAM_URL=http://127.0.0.1:$UP AMITY_API_KEY=test-key \
+    bench_start valgrind --tool=callgrind --callgrind-out-file="$RUN/callgrind.out" \
+    "$BIN" serve --config "$CONFIG" >/dev/null 2>"$RUN/valgrind.err"
+fi
 bench_wait_http "$GW"
 
 bench_lua "$RUN/load.lua"

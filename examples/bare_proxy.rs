@@ -5,6 +5,11 @@
 //! under `peers.sh`, it tells how much of the gateway's CPU per request is the framework's
 //! floor and how much is the gateway's own work.
 //!
+//! `BARE_CLIENT=pool` forwards through the gateway's own upstream pool
+//! (`amity_gateway::upstream::pool`, senders of `hyper::client::conn::http1`, each connection
+//! on a task of its own) instead of hyper-util's legacy client: the floor of the gateway's
+//! own client beside hyper's server.
+//!
 //! ```sh
 //! cargo build --release --example bare_proxy
 //! BARE_LISTEN=127.0.0.1:18095 BARE_UPSTREAM=127.0.0.1:18080 BARE_API_KEY=test-key \
@@ -12,7 +17,12 @@
 //! ```
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use amity_gateway::upstream::pool::{Pool, PoolConfig};
+use futures_util::future::{self, TryFutureExt};
 
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -42,10 +52,53 @@ fn main() -> Result<(), BoxError> {
     let key = HeaderValue::try_from(env("BARE_API_KEY")?)?;
     let host = HeaderValue::try_from(upstream.as_str())?;
     let base: Uri = format!("http://{upstream}/").parse()?;
+    let pool = std::env::var("BARE_CLIENT").is_ok_and(|c| c == "pool");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(listen, base, host, key))
+        .block_on(serve(listen, base, host, key, pool))
+}
+
+/// Sends a request upstream: hyper-util's legacy client, or the gateway's pool.
+#[derive(Clone)]
+enum Upstream {
+    Legacy(Box<Client<HttpConnector, Incoming>>),
+    Pool(Pool<Incoming>),
+}
+
+impl Upstream {
+    fn new(base: &Uri, pool: bool) -> Self {
+        if pool {
+            return Upstream::Pool(Pool::new(PoolConfig {
+                base: base.clone(),
+                connect_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(90),
+                max_idle: 1024,
+                max_total: 1024,
+                http2: false,
+            }));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Upstream::Legacy(Box::new(
+            Client::builder(TokioExecutor::new()).build(connector),
+        ))
+    }
+
+    fn send(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static {
+        match self {
+            Upstream::Legacy(client) => {
+                future::Either::Left(client.request(req).map_err(BoxError::from))
+            }
+            Upstream::Pool(pool) => {
+                let pool = pool.clone();
+                future::Either::Right(async move { pool.send(req).await.map_err(BoxError::from) })
+            }
+        }
+    }
 }
 
 async fn serve(
@@ -53,10 +106,9 @@ async fn serve(
     base: Uri,
     host: HeaderValue,
     key: HeaderValue,
+    pool: bool,
 ) -> Result<(), BoxError> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let client = Upstream::new(&base, pool);
     let listener = TcpListener::bind(listen).await?;
     loop {
         let (stream, _) = listener.accept().await?;
@@ -71,7 +123,7 @@ async fn serve(
             let headers = req.headers_mut();
             headers.insert(HOST, host.clone());
             headers.insert("x-api-key", key.clone());
-            let response = client.request(req);
+            let response = client.send(req);
             async move {
                 Ok::<_, Infallible>(match response.await {
                     Ok(res) => res.map(Either::Upstream),
