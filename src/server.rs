@@ -341,8 +341,24 @@ async fn serve_connection<I, S>(
 }
 
 /// Resolves once the drain has begun (or the listener is gone).
-async fn drain_started(drain: &mut watch::Receiver<bool>) {
-    let _ = drain.wait_for(|d| *d).await;
+///
+/// Its connection's task polls it on every wake-up, nearly all of them for the connection's
+/// own I/O. Polling the watch takes its waiters' lock, so after the first poll (which
+/// registers the wake-up) the watch is polled again only once a probe sees it changed or
+/// closed: one atomic load per unrelated wake-up.
+fn drain_started(drain: &mut watch::Receiver<bool>) -> impl Future<Output = ()> + Send + '_ {
+    let probe = drain.clone();
+    let mut wait = Box::pin(async move {
+        let _ = drain.wait_for(|d| *d).await;
+    });
+    let mut registered = false;
+    std::future::poll_fn(move |cx| {
+        if registered && matches!(probe.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        registered = true;
+        wait.as_mut().poll(cx)
+    })
 }
 
 /// Requests in progress on one connection.
@@ -526,4 +542,48 @@ pub async fn shutdown_signal() {
 pub struct Bound {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Polls once with the test task's own waker, so a wake-up reaches the test.
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+    }
+
+    #[tokio::test]
+    async fn the_drain_is_seen_after_wake_ups_it_did_not_cause() {
+        let (tx, mut rx) = watch::channel(false);
+        let mut started = std::pin::pin!(drain_started(&mut rx));
+        assert!(poll_once(&mut started).await.is_pending());
+        // Wake-ups of the connection's own: nothing changed, nothing seen.
+        assert!(poll_once(&mut started).await.is_pending());
+        assert!(poll_once(&mut started).await.is_pending());
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), started)
+            .await
+            .expect("the drain wakes and ends the wait");
+
+        // The listener gone without a drain ends it too.
+        let (tx, mut rx) = watch::channel(false);
+        let mut started = std::pin::pin!(drain_started(&mut rx));
+        assert!(poll_once(&mut started).await.is_pending());
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), started)
+            .await
+            .expect("a closed watch ends the wait");
+
+        // A drain begun before the first poll.
+        let (tx, mut rx) = watch::channel(false);
+        tx.send(true).unwrap();
+        assert!(poll_once(&mut std::pin::pin!(drain_started(&mut rx)))
+            .await
+            .is_ready());
+    }
 }

@@ -79,7 +79,11 @@ impl Activity {
     }
 
     fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
+        self.touch_at(Instant::now());
+    }
+
+    fn touch_at(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.origin).as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -121,12 +125,19 @@ pub struct IdleTimeout;
 
 pin_project! {
     /// A body that fails with [`IdleTimeout`] when no frame arrives within `idle`.
+    ///
+    /// The timer is armed only when the body first has to wait, and moved only when it fires
+    /// early (a frame came meanwhile): a frame costs a clock read, not a timer-wheel update, and
+    /// a body that never waits (a small request or answer, read whole in one go) never touches
+    /// the timer wheel at all.
     pub struct IdleBody<B> {
         #[pin]
         inner: B,
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         idle: Duration,
+        // When the last frame came (at first: when the body was made).
+        last: Instant,
         activity: Option<Arc<Activity>>,
         stats: Arc<StreamStats>,
         done: bool,
@@ -142,8 +153,9 @@ impl<B> IdleBody<B> {
     ) -> Self {
         Self {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: None,
             idle,
+            last: Instant::now(),
             activity,
             stats,
             done: false,
@@ -169,10 +181,10 @@ where
         }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
+                let now = Instant::now();
+                *this.last = now;
                 if let Some(a) = this.activity {
-                    a.touch();
+                    a.touch_at(now);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -187,13 +199,23 @@ where
                 }
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => {
-                    *this.done = true;
-                    this.stats.idle_bodies.fetch_add(1, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(IdleTimeout.into())))
+            Poll::Pending => loop {
+                let due = *this.last + *this.idle;
+                let Some(mut sleep) = this.sleep.as_mut().as_pin_mut() else {
+                    this.sleep.set(Some(tokio::time::sleep_until(due.into())));
+                    continue;
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
+                if sleep.deadline() < due.into() {
+                    // Armed before the last frame came: on to that frame's own deadline.
+                    sleep.reset(due.into());
+                    continue;
+                }
+                *this.done = true;
+                this.stats.idle_bodies.fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(IdleTimeout.into())));
             },
         }
     }
@@ -520,6 +542,26 @@ mod tests {
         assert!(err.is::<IdleTimeout>());
         assert_eq!(stats.snapshot().idle_bodies, 1);
         feeder.abort();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_waits_never_arms_its_timer() {
+        let stats = Arc::new(StreamStats::default());
+        let inner = Body::full(Bytes::from_static(b"{\"text\":\"hi\"}"));
+        let mut body = std::pin::pin!(IdleBody::new(inner, DEFAULT_IDLE, None, stats));
+        let data = body.as_mut().collect().await.unwrap().to_bytes();
+        assert_eq!(&data[..], b"{\"text\":\"hi\"}");
+        assert!(body.sleep.is_none(), "no wait, so no timer");
+
+        // One that waits arms it once, at its first wait.
+        let stats = Arc::new(StreamStats::default());
+        let (mut tx, rx) = futures_channel_body();
+        let mut body = std::pin::pin!(IdleBody::new(rx, DEFAULT_IDLE, None, stats));
+        let waiting = futures_util::FutureExt::now_or_never(body.as_mut().frame());
+        assert!(waiting.is_none());
+        assert!(body.sleep.is_some(), "armed when it first had to wait");
+        tx.send(Bytes::from_static(b"x")).await;
+        assert!(body.as_mut().frame().await.unwrap().unwrap().is_data());
     }
 
     /// A body fed from a channel, for the tests.
