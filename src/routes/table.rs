@@ -222,30 +222,40 @@ impl<'a> Segments<'a> {
     /// that is `.` or `..` or hides one, a `/` or a `\` behind percent-encoding.
     fn plain(path: &'a str) -> Option<Self> {
         let rest = path.strip_prefix('/')?;
-        if rest.contains('\\') {
-            return None;
-        }
         let mut segs = Segments {
             path,
             rest,
             parts: [""; MAX_SEGMENTS],
             count: 0,
         };
-        for seg in rest.split('/') {
-            if !plain_segment(seg) {
-                return None;
+        // One pass over the bytes: a `\` refuses the path, a `/` ends a segment, and only a
+        // segment with a `%` is decoded to be checked.
+        let (mut start, mut escaped) = (0, false);
+        for (i, b) in rest.bytes().chain([b'/']).enumerate() {
+            match b {
+                b'\\' => return None,
+                b'%' => escaped = true,
+                b'/' => {
+                    let seg = rest.get(start..i)?;
+                    if !plain_segment(seg, escaped) {
+                        return None;
+                    }
+                    if let Some(slot) = segs.parts.get_mut(segs.count) {
+                        *slot = seg;
+                    }
+                    segs.count += 1;
+                    (start, escaped) = (i + 1, false);
+                }
+                _ => {}
             }
-            if let Some(slot) = segs.parts.get_mut(segs.count) {
-                *slot = seg;
-            }
-            segs.count += 1;
         }
         Some(segs)
     }
 }
 
-fn plain_segment(seg: &str) -> bool {
-    if !seg.contains('%') {
+/// Whether `seg` is plain; `escaped` says whether it may hold a `%`.
+fn plain_segment(seg: &str, escaped: bool) -> bool {
+    if !escaped || !seg.contains('%') {
         return seg != "." && seg != "..";
     }
     let decoded = crate::wire::percent_decode(seg, false);
@@ -264,9 +274,12 @@ impl Pattern {
         match self {
             Pattern::Prefix(p) => path.path.starts_with(&**p),
             Pattern::Template(segs) if segs.len() != path.count => false,
+            // Last segment first: the resource names differ there, while nearly every path
+            // shares its first ones (`api`, the version).
             Pattern::Template(segs) if path.count <= MAX_SEGMENTS => segs
                 .iter()
                 .zip(&path.parts)
+                .rev()
                 .all(|(seg, part)| segment_matches(seg, part)),
             Pattern::Template(segs) => segs
                 .iter()
@@ -607,7 +620,7 @@ mod tests {
     /// The matcher as it was before paths were split once: each template splits the path.
     fn reference(t: &RouteTable, method: &Method, path: &str) -> Option<&'static str> {
         let rest = path.strip_prefix('/')?;
-        if path.contains('\\') || !rest.split('/').all(plain_segment) {
+        if path.contains('\\') || !rest.split('/').all(|s| plain_segment(s, true)) {
             return None;
         }
         let hit = |p: &Pattern| match p {
@@ -645,6 +658,8 @@ mod tests {
             "visitor",
             "download",
             "a%2Fb",
+            "a\\b",
+            "%5C",
         ];
         let mut paths = vec!["/".to_owned(), String::new(), "api".to_owned()];
         for a in segs {
