@@ -34,6 +34,7 @@ mod caps;
 mod detect;
 mod sniff;
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,17 +44,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use http::header::CONNECTION;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
+use tower::util::Oneshot;
 use tower::Service;
 
 use crate::config::{Connections, HYPER_MAX_HEAD};
@@ -62,6 +64,7 @@ use crate::layers::admission::{Refusal, Refusals};
 use crate::layers::arrival::{Arrival, Peer};
 use crate::layers::forward::ClientAddr;
 use crate::layers::hold::Sweeper;
+use crate::live::call_ready;
 use caps::ConnCaps;
 use detect::Protocol;
 use sniff::{FactsQueue, Sniff};
@@ -278,7 +281,7 @@ async fn serve_connection<I, S>(
     };
     let state = Arc::new(ConnState::default());
     let mut svc = ConnService {
-        inner: service,
+        inner: RefCell::new(service),
         peer: conn,
         state: state.clone(),
         facts: None,
@@ -293,10 +296,7 @@ async fn serve_connection<I, S>(
                 let facts = Arc::new(FactsQueue::default());
                 svc.facts = Some(facts.clone());
                 let io = TokioIo::new(Sniff::new(io, facts));
-                let conn = shared
-                    .h1
-                    .serve_connection(io, TowerToHyperService::new(svc))
-                    .with_upgrades();
+                let conn = shared.h1.serve_connection(io, svc).with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
                     r = conn.as_mut() => r,
@@ -314,9 +314,7 @@ async fn serve_connection<I, S>(
                 }
             }
             Protocol::Http2 => {
-                let conn = shared
-                    .h2
-                    .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+                let conn = shared.h2.serve_connection(TokioIo::new(io), svc);
                 tokio::pin!(conn);
                 tokio::select! {
                     r = conn.as_mut() => r,
@@ -361,7 +359,7 @@ fn drain_started(drain: &mut watch::Receiver<bool>) -> impl Future<Output = ()> 
     })
 }
 
-/// Requests in progress on one connection.
+/// Requests in progress on one HTTP/2 connection (an HTTP/1 connection runs one at a time).
 #[derive(Debug, Default)]
 struct ConnState {
     active: AtomicUsize,
@@ -411,9 +409,11 @@ impl ConnState {
 /// The service of one connection: adds its [`Arrival`] (the connection's facts and, on
 /// HTTP/1, the raw head's framing facts) to each request, caps requests in progress per HTTP/2
 /// connection, and marks HTTP/1 answers `Connection: close` once the drain has begun.
-#[derive(Clone)]
+///
+/// hyper calls it by reference, and the connection's own copy of the service is called in
+/// place ([`call_ready`]): nothing is cloned per request.
 struct ConnService<S> {
-    inner: S,
+    inner: RefCell<S>,
     peer: Arc<Peer>,
     state: Arc<ConnState>,
     facts: Option<Arc<FactsQueue>>,
@@ -422,46 +422,93 @@ struct ConnService<S> {
     max_streams: usize,
 }
 
-impl<S> Service<Request<Incoming>> for ConnService<S>
+type Called<S> = Either<<S as Service<Request<Incoming>>>::Future, Oneshot<S, Request<Incoming>>>;
+
+impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Answer<Called<S>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let head = self.facts.as_ref().and_then(|q| q.pop());
         req.extensions_mut()
             .insert(Arrival::new(self.peer.clone(), head));
         let http1 = req.version() < Version::HTTP_2;
-        if !http1 && self.state.active() >= self.max_streams {
+        // Streams are counted on HTTP/2 only: an HTTP/1 connection runs one request at a time.
+        let in_progress = if http1 {
+            None
+        } else if self.state.active() >= self.max_streams {
             self.refusals.refused(Refusal::Streams);
-            let res = ApiError::Overloaded { retry_after: 1 }
-                .to_response(ErrorFormat::from_headers(req.headers()));
-            return Box::pin(std::future::ready(Ok(res)));
+            return Answer::overloaded(&req);
+        } else {
+            Some(self.state.enter())
+        };
+        // hyper never calls it while a call is under way; were it to, the request is refused.
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return Answer::overloaded(&req);
+        };
+        Answer::Later {
+            fut: call_ready(&mut *inner, req),
+            in_progress,
+            draining: http1.then(|| self.draining.clone()),
         }
-        let in_progress = self.state.enter();
-        let draining = self.draining.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut res = fut.await?;
-            drop(in_progress);
-            // Not on 101: its `Connection: upgrade` hands the connection over instead.
-            if http1
-                && draining.load(Ordering::Acquire)
-                && res.status() != StatusCode::SWITCHING_PROTOCOLS
-            {
-                res.headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer on its way to hyper.
+    #[project = AnswerProj]
+    enum Answer<F> {
+        /// Answered by the connection itself; taken by the first poll.
+        Now { res: Option<Response<Body>> },
+        Later {
+            #[pin]
+            fut: F,
+            in_progress: Option<InProgress>,
+            // HTTP/1: once the drain has begun, the answer closes the connection.
+            draining: Option<Arc<AtomicBool>>,
+        },
+    }
+}
+
+impl<F> Answer<F> {
+    fn overloaded(req: &Request<Incoming>) -> Self {
+        let res = ApiError::Overloaded { retry_after: 1 }
+            .to_response(ErrorFormat::from_headers(req.headers()));
+        Answer::Now { res: Some(res) }
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            // Polled once more after its answer (never done by hyper): nothing more comes.
+            AnswerProj::Now { res } => res.take().map_or(Poll::Pending, |r| Poll::Ready(Ok(r))),
+            AnswerProj::Later {
+                fut,
+                in_progress,
+                draining,
+            } => {
+                let Ok(mut res) = futures_util::ready!(fut.poll(cx));
+                in_progress.take();
+                // Not on 101: its `Connection: upgrade` hands the connection over instead.
+                if draining.as_ref().is_some_and(|d| d.load(Ordering::Acquire))
+                    && res.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    res.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Poll::Ready(Ok(res))
             }
-            Ok(res)
-        })
+        }
     }
 }
 

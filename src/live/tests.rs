@@ -220,3 +220,45 @@ async fn a_request_runs_on_the_service_in_use_when_it_started() {
         "started after: the new one"
     );
 }
+
+#[tokio::test]
+async fn a_handle_keeps_its_copy_until_a_reload_and_waits_for_a_service_not_ready() {
+    let service = |n: u32| tower::service_fn(move |()| async move { Ok::<_, Infallible>(n) });
+    let current = Arc::new(ArcSwap::from_pointee(service(1)));
+    let mut live = Live::new(current.clone());
+    assert_eq!(live.call(()).await.unwrap(), 1);
+    assert_eq!(
+        live.call(()).await.unwrap(),
+        1,
+        "its own copy, called again"
+    );
+    current.store(Arc::new(service(2)));
+    let mut other = live.clone();
+    assert_eq!(live.call(()).await.unwrap(), 2, "a new copy after the swap");
+    assert_eq!(other.call(()).await.unwrap(), 2);
+
+    /// Ready only at its second poll (it wakes its task at the first).
+    #[derive(Clone)]
+    struct Second(bool);
+    impl Service<()> for Second {
+        type Response = &'static str;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<&'static str, Infallible>>;
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(Ok(()))
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+        fn call(&mut self, (): ()) -> Self::Future {
+            std::future::ready(Ok(if self.0 { "ready" } else { "called unready" }))
+        }
+    }
+    // Not ready at once: called on a clone, once the wait has polled it ready.
+    let answer = call_ready(&mut Second(false), ()).await.unwrap();
+    assert_eq!(answer, "ready");
+    let answer = call_ready(&mut Second(true), ()).await.unwrap();
+    assert_eq!(answer, "ready");
+}
