@@ -28,7 +28,7 @@
 pub mod key;
 pub mod marks;
 pub mod policy;
-mod scan;
+pub(crate) mod scan;
 pub mod settings;
 pub mod shared;
 pub mod stats;

@@ -356,11 +356,12 @@ impl Open {
     }
 }
 
-/// The index of the first `"`, `\` or control character at or after `i` (or the length),
-/// eight bytes at a time: in each word, a byte's high bit is set where it is zero after the
+/// The index of the first `"`, `\` or control character at or after `i` (or the length): the
+/// bytes a JSON string must escape. The access log asks it whether a string needs any. Eight
+/// bytes at a time: in each word, a byte's high bit is set where it is zero after the
 /// XOR with `"` or `\`, or below 0x20. A borrow can only set a bit above a byte that truly
 /// matched, so the lowest set bit is exact.
-fn special(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn special(b: &[u8], mut i: usize) -> usize {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
     while let Some(word) = b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {

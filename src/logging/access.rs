@@ -89,7 +89,7 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     // Ids, methods, route names and paths nearly never need an escape: one plain scan, then
     // one copy.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if crate::cache::scan::special(s.as_bytes(), 0) == s.len() {
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
         return;
@@ -215,6 +215,20 @@ mod tests {
             at,
         );
         assert_eq!(v["duration_ms"], 0.0);
+        // Escapes past the first words of a long string, and a long string with none.
+        for id in [
+            "0123456789abcdefghij\"k\\l\n",
+            "0123456789abcdefghijklmnopqrstuv",
+        ] {
+            let v = line(
+                &AccessLine {
+                    request_id: id,
+                    ..l
+                },
+                at,
+            );
+            assert_eq!(v["request_id"], id);
+        }
     }
 
     #[test]
