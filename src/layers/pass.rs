@@ -28,6 +28,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat, GatewayError};
+use crate::layers::arrival::Arrival;
 use crate::logging::AccessLog;
 use crate::routes::Matched;
 
@@ -71,9 +72,10 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    /// Activity counted from `origin` (a time already read: no clock read of its own).
+    fn since(origin: Instant) -> Self {
         Self {
-            origin: Instant::now(),
+            origin,
             last_ms: AtomicU64::new(0),
         }
     }
@@ -103,8 +105,8 @@ pub struct Streaming {
 }
 
 impl Streaming {
-    /// Wraps an answer's body: closed (and counted) when idle.
-    pub fn body<B>(&self, body: B) -> Body
+    /// Wraps an answer's body, whose head came at `since`: closed (and counted) when idle.
+    pub fn body<B>(&self, body: B, since: Instant) -> Body
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -112,6 +114,7 @@ impl Streaming {
         Body::stream(IdleBody::new(
             body,
             self.idle_timeout,
+            since,
             None,
             self.stats.clone(),
         ))
@@ -145,9 +148,11 @@ pin_project! {
 }
 
 impl<B> IdleBody<B> {
+    /// Idle from `since` until its first frame.
     fn new(
         inner: B,
         idle: Duration,
+        since: Instant,
         activity: Option<Arc<Activity>>,
         stats: Arc<StreamStats>,
     ) -> Self {
@@ -155,7 +160,7 @@ impl<B> IdleBody<B> {
             inner,
             sleep: None,
             idle,
-            last: Instant::now(),
+            last: since,
             activity,
             stats,
             done: false,
@@ -301,74 +306,133 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
 impl<S, B> Service<Request<B>> for Pass<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    type Future = PassFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = req.extensions().get::<Matched>().and_then(|m| m.pass);
         let idle = limits.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
         let max_body = limits.and_then(|l| l.max_body_bytes);
-        let format = ErrorFormat::from_headers(req.headers());
         if let Some(max) = max_body {
             if super::body::declared_len(req.headers()).is_some_and(|n| n > max) {
                 let res = ApiError::PayloadTooLarge {
                     limit: usize::try_from(max).unwrap_or(usize::MAX),
                 }
-                .to_response(format);
-                return Box::pin(async move { Ok(res) });
+                .to_response(ErrorFormat::from_headers(req.headers()));
+                return PassFuture::Refused { res: Some(res) };
             }
         }
-        let upgrade = req.extensions_mut().remove::<UpgradeRequest>();
-        let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        if let Some(UpgradeRequest(proto)) = &upgrade {
-            set_upgrade_headers(req.headers_mut(), proto.clone());
-        }
-        let activity = Arc::new(Activity::new());
+        let upgrade =
+            req.extensions_mut()
+                .remove::<UpgradeRequest>()
+                .map(|UpgradeRequest(proto)| {
+                    set_upgrade_headers(req.headers_mut(), proto.clone());
+                    Upgrade {
+                        proto,
+                        client_side: hyper::upgrade::on(&mut req),
+                        idle,
+                        stats: self.stats.clone(),
+                        access: self.access,
+                    }
+                });
+        // Both count from the request's arrival, a time already read.
+        let arrived = req
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.at);
+        let activity = Arc::new(Activity::since(arrived));
         let streaming = Streaming {
             idle_timeout: idle,
             activity: activity.clone(),
             stats: self.stats.clone(),
         };
-        let stats = self.stats.clone();
-        let access = self.access;
         let (mut parts, body) = req.into_parts();
+        let stats = self.stats.clone();
         let body = match max_body {
             Some(max) => Body::stream(IdleBody::new(
                 http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)),
                 idle,
+                arrived,
                 Some(activity),
-                stats.clone(),
+                stats,
             )),
-            None => Body::stream(IdleBody::new(body, idle, Some(activity), stats.clone())),
+            None => Body::stream(IdleBody::new(body, idle, arrived, Some(activity), stats)),
         };
         parts.extensions.insert(streaming);
-        let req = Request::from_parts(parts, body);
-        Box::pin(async move {
-            let mut res = inner.call(req).await?;
-            let (Some(UpgradeRequest(proto)), Some(client_side)) = (upgrade, client_side) else {
-                return Ok(res);
-            };
-            if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-                return Ok(res);
+        PassFuture::Forwarded {
+            inner: self.inner.call(Request::from_parts(parts, body)),
+            upgrade,
+        }
+    }
+}
+
+/// A websocket the client asked for: tunnelled once the upstream agrees.
+struct Upgrade {
+    proto: HeaderValue,
+    client_side: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    stats: Arc<StreamStats>,
+    access: AccessLog,
+}
+
+pin_project! {
+    /// A pass request's answer: refused here, or the upstream's (its tunnel started when it
+    /// switches protocols).
+    #[project = PassProj]
+    pub enum PassFuture<F> {
+        Refused { res: Option<Response<Body>> },
+        Forwarded {
+            #[pin]
+            inner: F,
+            upgrade: Option<Upgrade>,
+        },
+    }
+}
+
+impl<F> Future for PassFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (inner, upgrade) = match self.project() {
+            PassProj::Refused { res } => {
+                return Poll::Ready(res.take().ok_or_else(|| "polled after its answer".into()))
             }
-            let upstream_side = hyper::upgrade::on(&mut res);
-            let answered = res.headers().get(header::UPGRADE).cloned().unwrap_or(proto);
-            set_upgrade_headers(res.headers_mut(), answered);
-            tokio::spawn(tunnel(client_side, upstream_side, idle, stats, access));
-            Ok(res)
-        })
+            PassProj::Forwarded { inner, upgrade } => (inner, upgrade),
+        };
+        let mut res = futures_util::ready!(inner.poll(cx))?;
+        let Some(up) = upgrade.take() else {
+            return Poll::Ready(Ok(res));
+        };
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Poll::Ready(Ok(res));
+        }
+        let upstream_side = hyper::upgrade::on(&mut res);
+        let answered = res
+            .headers()
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or(up.proto);
+        set_upgrade_headers(res.headers_mut(), answered);
+        tokio::spawn(tunnel(
+            up.client_side,
+            upstream_side,
+            up.idle,
+            up.stats,
+            up.access,
+        ));
+        Poll::Ready(Ok(res))
     }
 }
 
@@ -391,7 +455,7 @@ async fn tunnel(
     stats.tunnels.fetch_add(1, Ordering::Relaxed);
     stats.tunnels_open.fetch_add(1, Ordering::Relaxed);
     let start = Instant::now();
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::since(start));
     let mut client = Watched::new(hyper_util::rt::TokioIo::new(client), activity.clone());
     let mut upstream = Watched::new(hyper_util::rt::TokioIo::new(upstream), activity.clone());
     let end = {
@@ -519,7 +583,13 @@ mod tests {
     async fn an_idle_body_fails_and_is_counted_a_moving_one_does_not() {
         let stats = Arc::new(StreamStats::default());
         let (mut tx, rx) = futures_channel_body();
-        let body = IdleBody::new(rx, Duration::from_millis(80), None, stats.clone());
+        let body = IdleBody::new(
+            rx,
+            Duration::from_millis(80),
+            Instant::now(),
+            None,
+            stats.clone(),
+        );
         let feeder = tokio::spawn(async move {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_millis(30)).await;
@@ -548,7 +618,13 @@ mod tests {
     async fn a_body_that_never_waits_never_arms_its_timer() {
         let stats = Arc::new(StreamStats::default());
         let inner = Body::full(Bytes::from_static(b"{\"text\":\"hi\"}"));
-        let mut body = std::pin::pin!(IdleBody::new(inner, DEFAULT_IDLE, None, stats));
+        let mut body = std::pin::pin!(IdleBody::new(
+            inner,
+            DEFAULT_IDLE,
+            Instant::now(),
+            None,
+            stats
+        ));
         let data = body.as_mut().collect().await.unwrap().to_bytes();
         assert_eq!(&data[..], b"{\"text\":\"hi\"}");
         assert!(body.sleep.is_none(), "no wait, so no timer");
@@ -556,7 +632,7 @@ mod tests {
         // One that waits arms it once, at its first wait.
         let stats = Arc::new(StreamStats::default());
         let (mut tx, rx) = futures_channel_body();
-        let mut body = std::pin::pin!(IdleBody::new(rx, DEFAULT_IDLE, None, stats));
+        let mut body = std::pin::pin!(IdleBody::new(rx, DEFAULT_IDLE, Instant::now(), None, stats));
         let waiting = futures_util::FutureExt::now_or_never(body.as_mut().frame());
         assert!(waiting.is_none());
         assert!(body.sleep.is_some(), "armed when it first had to wait");

@@ -104,9 +104,10 @@ impl Service<Request<Body>> for Upstream {
                 };
                 let head = async { pool.send(req).await.map_err(classify) };
                 let res = head_within(head, timeout, &streaming.activity).await?;
-                let took = start.elapsed();
+                let now = Instant::now();
+                let took = now.saturating_duration_since(start);
                 let (parts, body) = res.into_parts();
-                let mut res = Response::from_parts(parts, streaming.body(body));
+                let mut res = Response::from_parts(parts, streaming.body(body, now));
                 Outcome::of(&mut res).upstream = Some(took);
                 Ok(res)
             });
