@@ -11,9 +11,10 @@ use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
 use tower::util::{BoxCloneSyncService, Oneshot};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat};
+use crate::live::call_ready;
 use crate::session::ApiVersion;
 
 pub use label::{RouteLabel, UNMATCHED};
@@ -99,19 +100,33 @@ pub struct Chains<B> {
     pub pass: RouteService<B>,
 }
 
-/// Dispatches to the policy chain of the matched route. The trace layer matches the table once
-/// per request and leaves a [`Matched`] in the extensions; the router matches only when it
-/// finds none (a stack built without the trace layer). hyper-util clones the service for every
-/// request, so the table and chains sit behind one `Arc` and only the chosen chain is cloned.
-pub struct Router<B> {
-    inner: Arc<(RouteTable, Chains<B>)>,
+// Not derived: a derive would demand `B: Clone`, which request bodies are not.
+impl<B> Clone for Chains<B> {
+    fn clone(&self) -> Self {
+        Self {
+            session: self.session.clone(),
+            lookup: self.lookup.clone(),
+            pass: self.pass.clone(),
+        }
+    }
 }
 
-// Not derived: a derive would demand `B: Clone`, which request bodies are not.
+/// Dispatches to the policy chain of the matched route. The trace layer matches the table once
+/// per request and leaves a [`Matched`] in the extensions; the router matches only when it
+/// finds none (a stack built without the trace layer). Each connection runs requests on a copy
+/// of its own (`live::Live`), so the chains are cloned once per connection and a request is
+/// called on its chain in place ([`call_ready`]).
+pub struct Router<B> {
+    table: Arc<RouteTable>,
+    chains: Chains<B>,
+}
+
+// Not derived, as for [`Chains`].
 impl<B> Clone for Router<B> {
     fn clone(&self) -> Self {
         Self {
-            inner: self.inner.clone(),
+            table: self.table.clone(),
+            chains: self.chains.clone(),
         }
     }
 }
@@ -119,7 +134,8 @@ impl<B> Clone for Router<B> {
 impl<B> Router<B> {
     pub fn new(table: RouteTable, chains: Chains<B>) -> Self {
         Self {
-            inner: Arc::new((table, chains)),
+            table: Arc::new(table),
+            chains,
         }
     }
 }
@@ -132,17 +148,21 @@ where
     type Error = BoxError;
     type Future = futures_util::future::Either<
         futures_util::future::Ready<Result<Response<Body>, BoxError>>,
-        Oneshot<RouteService<B>, Request<B>>,
+        futures_util::future::Either<
+            <RouteService<B> as Service<Request<B>>>::Future,
+            Oneshot<RouteService<B>, Request<B>>,
+        >,
     >;
 
-    /// Always ready: the chosen chain's own readiness is awaited by its [`Oneshot`].
+    /// Always ready: the chosen chain's own readiness is settled when it is called
+    /// ([`call_ready`]).
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::future::{ready, Either};
-        let (table, chains) = &*self.inner;
+        let Self { table, chains } = self;
         // Matched once, by the trace layer, when it is there; the match then travels on.
         let (matched, found) = match req.extensions().get::<Matched>() {
             Some(m) => (Some(*m), true),
@@ -153,9 +173,9 @@ where
                 let res = ApiError::NotFound.to_response(ErrorFormat::from_headers(req.headers()));
                 return Either::Left(ready(Ok(res)));
             }
-            Some(Route::Session(_) | Route::VisitorSession) => &chains.session,
-            Some(Route::Pass) => &chains.pass,
-            Some(_) => &chains.lookup,
+            Some(Route::Session(_) | Route::VisitorSession) => &mut chains.session,
+            Some(Route::Pass) => &mut chains.pass,
+            Some(_) => &mut chains.lookup,
         };
         if let Some(m) = matched {
             if m.route == Route::Pass {
@@ -172,6 +192,6 @@ where
         }
         // Before any policy runs, so what is validated and injected is what is sent.
         crate::layers::forward::strip_hop_by_hop(req.headers_mut());
-        Either::Right(chain.clone().oneshot(req))
+        Either::Right(call_ready(chain, req))
     }
 }
