@@ -38,10 +38,9 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::Either;
@@ -63,6 +62,7 @@ use crate::error::{ApiError, Body, ErrorFormat};
 use crate::layers::admission::{Refusal, Refusals};
 use crate::layers::arrival::{Arrival, Peer};
 use crate::layers::forward::ClientAddr;
+use crate::layers::guarded::{Finish, Guarded};
 use crate::layers::hold::Sweeper;
 use crate::live::call_ready;
 use caps::ConnCaps;
@@ -430,7 +430,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Answer<Called<S>>;
+    type Future = Guarded<Called<S>, OnConnection>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let head = self.facts.as_ref().and_then(|q| q.pop());
@@ -442,74 +442,48 @@ where
             None
         } else if self.state.active() >= self.max_streams {
             self.refusals.refused(Refusal::Streams);
-            return Answer::overloaded(&req);
+            return overloaded(&req);
         } else {
             Some(self.state.enter())
         };
         // hyper never calls it while a call is under way; were it to, the request is refused.
         let Ok(mut inner) = self.inner.try_borrow_mut() else {
-            return Answer::overloaded(&req);
+            return overloaded(&req);
         };
-        Answer::Later {
-            fut: call_ready(&mut *inner, req),
+        let held = OnConnection {
             in_progress,
             draining: http1.then(|| self.draining.clone()),
+        };
+        Guarded::later(call_ready(&mut *inner, req), held)
+    }
+}
+
+/// What a request holds while it runs on its connection, and what its answer gets at the end.
+struct OnConnection {
+    /// HTTP/2: its place in the connection's stream count.
+    in_progress: Option<InProgress>,
+    /// HTTP/1: once the drain has begun, the answer closes the connection.
+    draining: Option<Arc<AtomicBool>>,
+}
+
+impl Finish for OnConnection {
+    fn finish(self, res: &mut Response<Body>) {
+        drop(self.in_progress);
+        // Not on 101: its `Connection: upgrade` hands the connection over instead.
+        if self.draining.is_some_and(|d| d.load(Ordering::Acquire))
+            && res.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            res.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request's answer on its way to hyper.
-    #[project = AnswerProj]
-    enum Answer<F> {
-        /// Answered by the connection itself; taken by the first poll.
-        Now { res: Option<Response<Body>> },
-        Later {
-            #[pin]
-            fut: F,
-            in_progress: Option<InProgress>,
-            // HTTP/1: once the drain has begun, the answer closes the connection.
-            draining: Option<Arc<AtomicBool>>,
-        },
-    }
-}
-
-impl<F> Answer<F> {
-    fn overloaded(req: &Request<Incoming>) -> Self {
-        let res = ApiError::Overloaded { retry_after: 1 }
-            .to_response(ErrorFormat::from_headers(req.headers()));
-        Answer::Now { res: Some(res) }
-    }
-}
-
-impl<F> Future for Answer<F>
-where
-    F: Future<Output = Result<Response<Body>, Infallible>>,
-{
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            // Polled once more after its answer (never done by hyper): nothing more comes.
-            AnswerProj::Now { res } => res.take().map_or(Poll::Pending, |r| Poll::Ready(Ok(r))),
-            AnswerProj::Later {
-                fut,
-                in_progress,
-                draining,
-            } => {
-                let Ok(mut res) = futures_util::ready!(fut.poll(cx));
-                in_progress.take();
-                // Not on 101: its `Connection: upgrade` hands the connection over instead.
-                if draining.as_ref().is_some_and(|d| d.load(Ordering::Acquire))
-                    && res.status() != StatusCode::SWITCHING_PROTOCOLS
-                {
-                    res.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Poll::Ready(Ok(res))
-            }
-        }
-    }
+fn overloaded<F>(req: &Request<Incoming>) -> Guarded<F, OnConnection> {
+    Guarded::now(
+        ApiError::Overloaded { retry_after: 1 }
+            .to_response(ErrorFormat::from_headers(req.headers())),
+    )
 }
 
 /// The admin endpoints: `/healthz` (alive), `/readyz` (false while draining), `/metrics`.
@@ -595,6 +569,7 @@ pub struct Bound {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use std::pin::Pin;
     use std::time::Duration;
 
     use super::*;

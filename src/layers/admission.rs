@@ -9,17 +9,16 @@
 //! Over the limit the answer is 503 in the envelope at once (no queue), counted in
 //! [`Refusals`] under `concurrency`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, ErrorFormat};
+use crate::layers::guarded::Guarded;
 
 /// Why the gateway refused work before doing it; the `reason` label of
 /// `gateway_refusals_total`.
@@ -151,14 +150,11 @@ pub struct Admission<S> {
 
 impl<S, B> Service<Request<B>> for Admission<S>
 where
-    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    type Future = Guarded<S::Future, OwnedSemaphorePermit>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -169,14 +165,9 @@ where
             self.layer.refusals.refused(Refusal::Concurrency);
             let res = ApiError::Overloaded { retry_after: 1 }
                 .to_response(ErrorFormat::from_headers(req.headers()));
-            return Box::pin(std::future::ready(Ok(res)));
+            return Guarded::now(res);
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await;
-            drop(slot);
-            res
-        })
+        Guarded::later(self.inner.call(req), slot)
     }
 }
 

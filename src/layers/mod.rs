@@ -8,6 +8,7 @@ pub mod body;
 pub mod cors;
 pub mod forward;
 pub mod framing;
+pub mod guarded;
 pub mod hold;
 pub mod lookup_cache;
 pub mod pass;
