@@ -36,9 +36,9 @@
 //! TTL.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
@@ -50,6 +50,9 @@ use super::watermark::{micros, now_us};
 /// flight (the request timeout bounds it), after which the upstream's own 401 answers keep
 /// forgetting it.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// How many locks the device records are spread over (see `TokenRegistry::device_locks`).
+const DEVICE_LOCKS: usize = 64;
 
 /// The SHA-256 of a bearer token. Its `Debug` shows nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -196,6 +199,11 @@ pub struct Issued {
 pub struct TokenRegistry {
     tokens: Cache<TokenHash, TokenRecord, ahash::RandomState>,
     devices: Cache<DeviceHash, DeviceRecord, ahash::RandomState>,
+    /// Each device's record is read and rewritten under one of these locks (chosen by the
+    /// device's hash), so two updates of one device never interleave. moka's own atomic
+    /// update (`and_compute_with`) does the same with a waiter entry inserted into and removed
+    /// from a map of its own on every call, which cost more than the update itself.
+    device_locks: Box<[Mutex<()>]>,
     /// Tokens forgotten for good (see [`TOMBSTONE_TTL`]).
     tombstones: Cache<TokenHash, (), ahash::RandomState>,
     /// Per user (hashed into fixed slots): when an admin last revoked the user's tokens.
@@ -224,6 +232,7 @@ impl TokenRegistry {
                 .max_capacity(max_tokens)
                 .expire_after(AtDate)
                 .build_with_hasher(ahash::RandomState::new()),
+            device_locks: (0..DEVICE_LOCKS).map(|_| Mutex::new(())).collect(),
             tombstones: Cache::builder()
                 .max_capacity(max_tokens)
                 .time_to_live(TOMBSTONE_TTL)
@@ -244,21 +253,23 @@ impl TokenRegistry {
     /// (the upstream retires it on success, possibly before its answer is read, or ever read).
     /// Returns the token retired, if any.
     pub fn session_sent(&self, device: DeviceHash) -> Option<TokenHash> {
-        let mut retired = None;
-        self.devices
-            .entry(device)
-            .and_compute_with(|old| match old {
-                Some(e) => {
-                    let mut d = *e.value();
-                    retired = d.token.take();
-                    Op::Put(d)
-                }
-                None => Op::Nop,
-            });
-        if let Some(t) = retired {
-            self.forget(&t);
-        }
-        retired
+        let retired = {
+            let _held = self.lock_device(device);
+            let mut d = self.devices.get(&device)?;
+            let retired = d.token.take()?;
+            self.devices.insert(device, d);
+            retired
+        };
+        self.forget(&retired);
+        Some(retired)
+    }
+
+    /// The lock under which `device`'s record is read and rewritten.
+    fn lock_device(&self, device: DeviceHash) -> MutexGuard<'_, ()> {
+        let i = (device.0 % self.device_locks.len() as u64) as usize;
+        self.device_locks[i]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A session answer issued a token: trusted, unless the device has already seen a token
@@ -284,30 +295,31 @@ impl TokenRegistry {
             return;
         }
         // Forgotten after the device's entry is updated (at most the old token and this one).
-        let mut retired: [Option<TokenHash>; 2] = [None, None];
-        let mut trusted = false;
-        self.devices.entry(i.device).and_compute_with(|old| {
-            let old = old.map(|e| *e.value());
-            match old {
-                Some(d) if d.issued_us > i.issued_us => {
-                    retired = [Some(i.token), None];
-                    Op::Nop
-                }
-                Some(d) if d.issued_us == i.issued_us && d.token != Some(i.token) => {
-                    retired = [Some(i.token), d.token];
-                    Op::Put(DeviceRecord { token: None, ..d })
-                }
-                _ => {
-                    retired = [old.and_then(|d| d.token).filter(|t| *t != i.token), None];
-                    trusted = true;
-                    Op::Put(DeviceRecord {
+        let (retired, trusted) = {
+            let _held = self.lock_device(i.device);
+            let old = self.devices.get(&i.device);
+            let (retired, put, trusted) = match old {
+                Some(d) if d.issued_us > i.issued_us => ([Some(i.token), None], None, false),
+                Some(d) if d.issued_us == i.issued_us && d.token != Some(i.token) => (
+                    [Some(i.token), d.token],
+                    Some(DeviceRecord { token: None, ..d }),
+                    false,
+                ),
+                _ => (
+                    [old.and_then(|d| d.token).filter(|t| *t != i.token), None],
+                    Some(DeviceRecord {
                         token: Some(i.token),
                         issued_us: i.issued_us,
                         expires_us: i.expires_us,
-                    })
-                }
+                    }),
+                    true,
+                ),
+            };
+            if let Some(d) = put {
+                self.devices.insert(i.device, d);
             }
-        });
+            (retired, trusted)
+        };
         retired.iter().flatten().for_each(|t| self.forget(t));
         if trusted {
             self.tokens.insert(
@@ -434,6 +446,56 @@ mod tests {
             now,
         );
         t
+    }
+
+    /// Answers for one device arriving on many threads at once, in any order, with sessions
+    /// sent among them: the token issued last is the device's, every other one is retired.
+    #[test]
+    fn concurrent_answers_for_one_device_leave_only_the_latest_token() {
+        let r = std::sync::Arc::new(TokenRegistry::new(
+            100_000,
+            Duration::from_secs(60),
+            1 << 20,
+        ));
+        let now = now_us();
+        let threads: Vec<_> = (0..8)
+            .map(|k| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .map(|n| {
+                            let issued = n * 8 + k;
+                            if n % 10 == 0 {
+                                r.session_sent(DeviceHash(7));
+                            }
+                            (
+                                issue(&r, &format!("t{issued}"), 7, now + issued, now),
+                                issued,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let issued: Vec<(TokenHash, i64)> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let latest = issued.iter().map(|(_, n)| *n).max().unwrap();
+        for (t, n) in &issued {
+            let valid = r.valid(t, now).is_some();
+            if *n == latest {
+                // Retired only if a session was sent after it was learnt.
+                assert!(
+                    valid
+                        || r.devices
+                            .get(&DeviceHash(7))
+                            .is_some_and(|d| d.token.is_none())
+                );
+            } else {
+                assert!(!valid, "token {n} is still valid beside {latest}");
+            }
+        }
     }
 
     #[test]
