@@ -58,9 +58,14 @@ pub type Current<S> = Arc<ArcSwap<S>>;
 /// The client-facing service as hyper sees it: every request runs on the service in use when
 /// it starts. Each connection holds a handle of its own (cloning one is an `Arc` clone), which
 /// keeps its own copy of the service in use and takes a new one only when a reload has swapped
-/// in another: a request pays one atomic load, not a clone of the whole stack. (A connection
-/// that stays idle after a reload keeps the stack it last used alive until its next request
-/// or its end.)
+/// in another: a request pays one atomic load, not a clone of the whole stack.
+///
+/// - A connection left idle after a reload keeps the stack it last used alive until its next
+///   request or its end (bounded by the idle timeouts), and with it whatever only that stack
+///   still holds: a replaced upstream pool and its idle connections, a replaced limiter or
+///   cache and their Redis links.
+/// - The copy outlives a request whose call panicked (rescue turns the panic into a 500): no
+///   layer's `call` leaves its service half-updated, so the next request runs on it as is.
 pub struct Live<S> {
     current: Current<S>,
     /// The service this handle last ran a request on, and the one it was cloned from.
@@ -113,6 +118,9 @@ where
 
 /// Calls `svc` at once when it is ready now (the gateway's stacks always are: readiness is
 /// settled per route chain, below the router), else on a clone of its own that waits for it.
+/// A service whose `poll_ready` reserves something (a `Buffer` slot, a concurrency permit)
+/// must not be called this way: a reservation made under the no-op waker would sit on the
+/// idle copy.
 pub fn call_ready<S, R>(svc: &mut S, req: R) -> Either<S::Future, Oneshot<S, R>>
 where
     S: Service<R> + Clone,

@@ -346,9 +346,11 @@ async fn serve_connection<I, S>(
 /// closed: one atomic load per unrelated wake-up.
 fn drain_started(drain: &mut watch::Receiver<bool>) -> impl Future<Output = ()> + Send + '_ {
     let probe = drain.clone();
-    let mut wait = Box::pin(async move {
+    // Unconstrained: tokio's cooperative budget could otherwise make the first poll return
+    // without registering, and the probe would then keep it from ever being polled again.
+    let mut wait = Box::pin(tokio::task::unconstrained(async move {
         let _ = drain.wait_for(|d| *d).await;
-    });
+    }));
     let mut registered = false;
     std::future::poll_fn(move |cx| {
         if registered && matches!(probe.has_changed(), Ok(false)) {
@@ -411,7 +413,7 @@ impl ConnState {
 /// connection, and marks HTTP/1 answers `Connection: close` once the drain has begun.
 ///
 /// hyper calls it by reference, and the connection's own copy of the service is called in
-/// place ([`call_ready`]): nothing is cloned per request.
+/// place ([`call_ready`]): the stack is not cloned per request.
 struct ConnService<S> {
     inner: RefCell<S>,
     peer: Arc<Peer>,

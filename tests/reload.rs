@@ -46,6 +46,43 @@ async fn sessions(addr: SocketAddr, device: &str, n: usize) -> Vec<StatusCode> {
     out
 }
 
+/// One HTTP/1 connection kept alive from request to request.
+struct KeptAlive(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>);
+
+impl KeptAlive {
+    async fn open(addr: SocketAddr) -> Self {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        Self(send)
+    }
+
+    /// Statuses of `n` sessions of one device, sent one after another on this connection (a
+    /// closed connection fails the test).
+    async fn sessions(&mut self, device: &str, n: usize) -> Vec<StatusCode> {
+        use http_body_util::BodyExt;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            self.0.ready().await.expect("the connection is still open");
+            let req = http::Request::post("/api/v3/sessions")
+                .header("host", "gateway")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(session(
+                    device,
+                ))))
+                .unwrap();
+            let res = self
+                .0
+                .send_request(req)
+                .await
+                .expect("answered on the same connection");
+            out.push(res.status());
+            res.into_body().collect().await.unwrap();
+        }
+        out
+    }
+}
+
 const OK3_THEN_429: [StatusCode; 4] = [
     StatusCode::OK,
     StatusCode::OK,
@@ -108,6 +145,9 @@ async fn sighup_and_file_changes_reload_limits_bad_files_and_new_listeners_are_r
         sessions(addr, "device-before-0001", 4).await,
         [StatusCode::OK; 4]
     );
+    // A connection that stays open across the reload.
+    let mut kept = KeptAlive::open(addr).await;
+    assert_eq!(kept.sessions("device-kept-0001", 1).await, [StatusCode::OK]);
 
     // A session held in flight by the upstream across the reload.
     sim.set_latency(Duration::from_millis(2_500));
@@ -156,6 +196,8 @@ async fn sighup_and_file_changes_reload_limits_bad_files_and_new_listeners_are_r
 
     // The new limit applies to a fresh device; the same process serves it.
     assert_eq!(sessions(addr, "device-fresh-0001", 4).await, OK3_THEN_429);
+    // Also on the connection opened before the reload: it runs on the new config too.
+    assert_eq!(kept.sessions("device-kept-0002", 4).await, OK3_THEN_429);
     assert_eq!(gw.pid(), pid);
     assert!(gw.running());
     assert_eq!(

@@ -139,8 +139,8 @@ pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         idle: Duration,
-        // When the last frame came (at first: when the body was made).
-        last: Instant,
+        // When the last frame came (at first: `since`), on tokio's clock, which tests may pause.
+        last: tokio::time::Instant,
         activity: Option<Arc<Activity>>,
         stats: Arc<StreamStats>,
         done: bool,
@@ -160,7 +160,7 @@ impl<B> IdleBody<B> {
             inner,
             sleep: None,
             idle,
-            last: since,
+            last: since.into(),
             activity,
             stats,
             done: false,
@@ -186,10 +186,10 @@ where
         }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let now = Instant::now();
+                let now = tokio::time::Instant::now();
                 *this.last = now;
                 if let Some(a) = this.activity {
-                    a.touch_at(now);
+                    a.touch_at(now.into_std());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -207,15 +207,15 @@ where
             Poll::Pending => loop {
                 let due = *this.last + *this.idle;
                 let Some(mut sleep) = this.sleep.as_mut().as_pin_mut() else {
-                    this.sleep.set(Some(tokio::time::sleep_until(due.into())));
+                    this.sleep.set(Some(tokio::time::sleep_until(due)));
                     continue;
                 };
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                if sleep.deadline() < due.into() {
+                if sleep.deadline() < due {
                     // Armed before the last frame came: on to that frame's own deadline.
-                    sleep.reset(due.into());
+                    sleep.reset(due);
                     continue;
                 }
                 *this.done = true;
@@ -406,8 +406,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (inner, upgrade) = match self.project() {
+            // Polled once more after its answer (no caller does): nothing more comes.
             PassProj::Refused { res } => {
-                return Poll::Ready(res.take().ok_or_else(|| "polled after its answer".into()))
+                return res.take().map_or(Poll::Pending, |r| Poll::Ready(Ok(r)));
             }
             PassProj::Forwarded { inner, upgrade } => (inner, upgrade),
         };

@@ -221,44 +221,114 @@ async fn a_request_runs_on_the_service_in_use_when_it_started() {
     );
 }
 
-#[tokio::test]
-async fn a_handle_keeps_its_copy_until_a_reload_and_waits_for_a_service_not_ready() {
-    let service = |n: u32| tower::service_fn(move |()| async move { Ok::<_, Infallible>(n) });
-    let current = Arc::new(ArcSwap::from_pointee(service(1)));
-    let mut live = Live::new(current.clone());
-    assert_eq!(live.call(()).await.unwrap(), 1);
-    assert_eq!(
-        live.call(()).await.unwrap(),
-        1,
-        "its own copy, called again"
-    );
-    current.store(Arc::new(service(2)));
-    let mut other = live.clone();
-    assert_eq!(live.call(()).await.unwrap(), 2, "a new copy after the swap");
-    assert_eq!(other.call(()).await.unwrap(), 2);
+/// A service that counts its clones and answers with its generation; ready only while
+/// `ready` says so, and it remembers the waker of a poll that found it not ready.
+#[derive(Clone)]
+struct Counted {
+    generation: u32,
+    clones: Arc<std::sync::atomic::AtomicUsize>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    waiting: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    called_unready: Arc<std::sync::atomic::AtomicBool>,
+}
 
-    /// Ready only at its second poll (it wakes its task at the first).
-    #[derive(Clone)]
-    struct Second(bool);
-    impl Service<()> for Second {
-        type Response = &'static str;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<&'static str, Infallible>>;
-        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            if std::mem::replace(&mut self.0, true) {
-                Poll::Ready(Ok(()))
-            } else {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        }
-        fn call(&mut self, (): ()) -> Self::Future {
-            std::future::ready(Ok(if self.0 { "ready" } else { "called unready" }))
+impl Counted {
+    fn new(generation: u32) -> Self {
+        Self {
+            generation,
+            clones: Arc::default(),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            waiting: Arc::default(),
+            called_unready: Arc::default(),
         }
     }
-    // Not ready at once: called on a clone, once the wait has polled it ready.
-    let answer = call_ready(&mut Second(false), ()).await.unwrap();
-    assert_eq!(answer, "ready");
-    let answer = call_ready(&mut Second(true), ()).await.unwrap();
-    assert_eq!(answer, "ready");
+
+    fn clones(&self) -> usize {
+        self.clones.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct CountedClone(Counted);
+
+impl Clone for CountedClone {
+    fn clone(&self) -> Self {
+        self.0
+            .clones
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CountedClone(self.0.clone())
+    }
+}
+
+impl Service<()> for CountedClone {
+    type Response = u32;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u32, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.0.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        *self.0.waiting.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        if !self.0.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            self.0
+                .called_unready
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        std::future::ready(Ok(self.0.generation))
+    }
+}
+
+#[tokio::test]
+async fn a_handle_keeps_its_copy_until_a_reload() {
+    let first = Counted::new(1);
+    let current = Arc::new(ArcSwap::from_pointee(CountedClone(first.clone())));
+    let mut live = Live::new(current.clone());
+    for _ in 0..5 {
+        assert_eq!(live.call(()).await.unwrap(), 1);
+    }
+    assert_eq!(
+        first.clones(),
+        1,
+        "one copy for the handle, none per request"
+    );
+
+    let second = Counted::new(2);
+    current.store(Arc::new(CountedClone(second.clone())));
+    let mut other = live.clone();
+    for _ in 0..3 {
+        assert_eq!(live.call(()).await.unwrap(), 2, "a new copy after the swap");
+    }
+    assert_eq!(other.call(()).await.unwrap(), 2);
+    assert_eq!(second.clones(), 2, "one copy for each handle");
+}
+
+#[tokio::test]
+async fn a_service_not_ready_is_called_only_once_it_is() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = Counted::new(7);
+    s.ready.store(false, SeqCst);
+    let mut svc = CountedClone(s.clone());
+    let answer = tokio::spawn(call_ready(&mut svc, ()));
+    // The clone that waits has registered its waker; nothing was called.
+    for _ in 0..100 {
+        if s.waiting.lock().unwrap().is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(!answer.is_finished());
+    s.ready.store(true, SeqCst);
+    if let Some(w) = s.waiting.lock().unwrap().take() {
+        w.wake();
+    }
+    assert_eq!(answer.await.unwrap().unwrap(), 7);
+    assert!(
+        !s.called_unready.load(SeqCst),
+        "never called while not ready"
+    );
+    assert_eq!(s.clones(), 1, "waited for on a clone of its own");
 }

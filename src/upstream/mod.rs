@@ -36,7 +36,8 @@ pub mod pool;
 
 use pool::{Pool, PoolConfig, PoolError};
 
-/// Cheap to clone (one `Arc`): hyper-util clones the whole stack for every request.
+/// Cheap to clone (one `Arc`): each connection holds a copy of the stack, and the layers that
+/// must wait before calling it (the body read, the Redis limiter) clone what lies below them.
 #[derive(Clone)]
 pub struct Upstream {
     inner: Arc<Inner>,
