@@ -22,6 +22,15 @@ impl Finish for OwnedSemaphorePermit {
     fn finish(self, _res: &mut Response<Body>) {}
 }
 
+/// A guard that may be absent (a pass request that asked for no upgrade).
+impl<G: Finish> Finish for Option<G> {
+    fn finish(self, res: &mut Response<Body>) {
+        if let Some(g) = self {
+            g.finish(res);
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// An answer given at once, or an inner future's with `G` held until it ends.
     #[project = GuardedProj]

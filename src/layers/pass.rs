@@ -29,6 +29,7 @@ use tower::{Layer, Service};
 
 use crate::error::{ApiError, Body, BoxError, ErrorFormat, GatewayError};
 use crate::layers::arrival::Arrival;
+use crate::layers::guarded::{Finish, Guarded};
 use crate::logging::AccessLog;
 use crate::routes::Matched;
 
@@ -312,7 +313,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = PassFuture<S::Future>;
+    type Future = Guarded<S::Future, Option<Upgrade>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -328,7 +329,7 @@ where
                     limit: usize::try_from(max).unwrap_or(usize::MAX),
                 }
                 .to_response(ErrorFormat::from_headers(req.headers()));
-                return PassFuture::Refused { res: Some(res) };
+                return Guarded::now(res);
             }
         }
         let upgrade =
@@ -368,15 +369,12 @@ where
             None => Body::stream(IdleBody::new(body, idle, arrived, Some(activity), stats)),
         };
         parts.extensions.insert(streaming);
-        PassFuture::Forwarded {
-            inner: self.inner.call(Request::from_parts(parts, body)),
-            upgrade,
-        }
+        Guarded::later(self.inner.call(Request::from_parts(parts, body)), upgrade)
     }
 }
 
 /// A websocket the client asked for: tunnelled once the upstream agrees.
-struct Upgrade {
+pub struct Upgrade {
     proto: HeaderValue,
     client_side: hyper::upgrade::OnUpgrade,
     idle: Duration,
@@ -384,56 +382,26 @@ struct Upgrade {
     access: AccessLog,
 }
 
-pin_project! {
-    /// A pass request's answer: refused here, or the upstream's (its tunnel started when it
-    /// switches protocols).
-    #[project = PassProj]
-    pub enum PassFuture<F> {
-        Refused { res: Option<Response<Body>> },
-        Forwarded {
-            #[pin]
-            inner: F,
-            upgrade: Option<Upgrade>,
-        },
-    }
-}
-
-impl<F> Future for PassFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, BoxError>>,
-{
-    type Output = Result<Response<Body>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (inner, upgrade) = match self.project() {
-            // Polled once more after its answer (no caller does): nothing more comes.
-            PassProj::Refused { res } => {
-                return res.take().map_or(Poll::Pending, |r| Poll::Ready(Ok(r)));
-            }
-            PassProj::Forwarded { inner, upgrade } => (inner, upgrade),
-        };
-        let mut res = futures_util::ready!(inner.poll(cx))?;
-        let Some(up) = upgrade.take() else {
-            return Poll::Ready(Ok(res));
-        };
+/// An upgrade held until the upstream answers: a `101` starts the tunnel.
+impl Finish for Upgrade {
+    fn finish(self, res: &mut Response<Body>) {
         if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Poll::Ready(Ok(res));
+            return;
         }
-        let upstream_side = hyper::upgrade::on(&mut res);
+        let upstream_side = hyper::upgrade::on(&mut *res);
         let answered = res
             .headers()
             .get(header::UPGRADE)
             .cloned()
-            .unwrap_or(up.proto);
+            .unwrap_or(self.proto);
         set_upgrade_headers(res.headers_mut(), answered);
         tokio::spawn(tunnel(
-            up.client_side,
+            self.client_side,
             upstream_side,
-            up.idle,
-            up.stats,
-            up.access,
+            self.idle,
+            self.stats,
+            self.access,
         ));
-        Poll::Ready(Ok(res))
     }
 }
 
