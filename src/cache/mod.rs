@@ -25,6 +25,7 @@
 //! always bytes the upstream sent for that very lookup, never one the gateway composed (the
 //! upstream's file answer even differs in shape between versions).
 
+pub(crate) mod bounded;
 pub mod key;
 pub mod marks;
 pub mod policy;
@@ -555,6 +556,5 @@ impl LookupCache {
     /// Runs pending maintenance so [`LookupCache::stats`] sizes are exact.
     pub fn sync(&self) {
         self.store.sync();
-        self.tokens.sync();
     }
 }

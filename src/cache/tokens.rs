@@ -29,20 +29,19 @@
 //! facts ([`TokenRegistry::trust_learnt`]) they are not trusted, since their logouts may be
 //! among the facts not yet read.
 //!
-//! Every map is bounded; whatever they forget or refuse to admit only makes a token unknown,
-//! and an unknown token is always forwarded, so memory pressure never lets a retired token
-//! through, with one bound: a tombstone evicted early (more than `max_tokens` tokens forgotten
-//! within [`TOMBSTONE_TTL`]) lets a 2xx answer still in flight prove its token for the proven
-//! TTL.
+//! Every map is bounded (`max_tokens` entries each, [`super::bounded`]); whatever they forget
+//! only makes a token unknown, and an unknown token is always forwarded, so memory pressure
+//! never lets a retired token through, with one bound: a tombstone evicted early (more than
+//! about `max_tokens / 2` tokens forgotten within [`TOMBSTONE_TTL`]: the maps drop their least
+//! recently used half at a time) lets a 2xx answer still in flight prove its token for the
+//! proven TTL.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::sync::Cache;
-use moka::Expiry;
 use sha2::{Digest, Sha256};
 
+use super::bounded::{Bounded, Expires};
 use super::marks::{UserHash, UserMarks};
 use super::watermark::{micros, now_us};
 
@@ -50,9 +49,6 @@ use super::watermark::{micros, now_us};
 /// flight (the request timeout bounds it), after which the upstream's own 401 answers keep
 /// forgetting it.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
-
-/// How many locks the device records are spread over (see `TokenRegistry::device_locks`).
-const DEVICE_LOCKS: usize = 64;
 
 /// The SHA-256 of a bearer token. Its `Debug` shows nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,43 +137,25 @@ struct DeviceRecord {
     expires_us: i64,
 }
 
-trait ExpiresAt {
-    fn expires_us(&self) -> i64;
-}
-
-impl ExpiresAt for TokenRecord {
+impl Expires for TokenRecord {
     fn expires_us(&self) -> i64 {
         self.expires_us
     }
 }
 
-impl ExpiresAt for DeviceRecord {
+impl Expires for DeviceRecord {
     fn expires_us(&self) -> i64 {
         self.expires_us
     }
 }
 
-/// Expires each record at its own wall-clock date.
-struct AtDate;
+/// A forgotten token's tombstone: refused to proofs until this date (µs).
+#[derive(Debug, Clone, Copy)]
+struct Tombstone(i64);
 
-fn until(expires_us: i64) -> Duration {
-    let left = expires_us.saturating_sub(now_us());
-    Duration::from_micros(u64::try_from(left).unwrap_or(0))
-}
-
-impl<K, V: ExpiresAt> Expiry<K, V> for AtDate {
-    fn expire_after_create(&self, _: &K, v: &V, _: Instant) -> Option<Duration> {
-        Some(until(v.expires_us()))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &K,
-        v: &V,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(until(v.expires_us()))
+impl Expires for Tombstone {
+    fn expires_us(&self) -> i64 {
+        self.0
     }
 }
 
@@ -197,15 +175,12 @@ pub struct Issued {
 }
 
 pub struct TokenRegistry {
-    tokens: Cache<TokenHash, TokenRecord, ahash::RandomState>,
-    devices: Cache<DeviceHash, DeviceRecord, ahash::RandomState>,
-    /// Each device's record is read and rewritten under one of these locks (chosen by the
-    /// device's hash), so two updates of one device never interleave. moka's own atomic
-    /// update (`and_compute_with`) does the same with a waiter entry inserted into and removed
-    /// from a map of its own on every call, which cost more than the update itself.
-    device_locks: Box<[Mutex<()>]>,
+    tokens: Bounded<TokenHash, TokenRecord>,
+    /// Each device's record is read and rewritten under its shard's lock
+    /// ([`Bounded::update`]), so two updates of one device never interleave.
+    devices: Bounded<DeviceHash, DeviceRecord>,
     /// Tokens forgotten for good (see [`TOMBSTONE_TTL`]).
-    tombstones: Cache<TokenHash, (), ahash::RandomState>,
+    tombstones: Bounded<TokenHash, Tombstone>,
     /// Per user (hashed into fixed slots): when an admin last revoked the user's tokens.
     /// Users sharing a slot only lose each other's trust, never gain it.
     revoked: UserMarks,
@@ -223,20 +198,11 @@ impl TokenRegistry {
 
     /// A registry whose users are hashed by `revoked` (see [`UserMarks::replicated`]).
     pub fn with_marks(max_tokens: u64, proven_ttl: Duration, revoked: UserMarks) -> Self {
+        let max = usize::try_from(max_tokens).unwrap_or(usize::MAX);
         Self {
-            tokens: Cache::builder()
-                .max_capacity(max_tokens)
-                .expire_after(AtDate)
-                .build_with_hasher(ahash::RandomState::new()),
-            devices: Cache::builder()
-                .max_capacity(max_tokens)
-                .expire_after(AtDate)
-                .build_with_hasher(ahash::RandomState::new()),
-            device_locks: (0..DEVICE_LOCKS).map(|_| Mutex::new(())).collect(),
-            tombstones: Cache::builder()
-                .max_capacity(max_tokens)
-                .time_to_live(TOMBSTONE_TTL)
-                .build_with_hasher(ahash::RandomState::new()),
+            tokens: Bounded::new(max),
+            devices: Bounded::new(max),
+            tombstones: Bounded::new(max),
             revoked,
             any_revoked_us: AtomicI64::new(i64::MIN),
             proven_ttl_us: micros(proven_ttl),
@@ -253,23 +219,15 @@ impl TokenRegistry {
     /// (the upstream retires it on success, possibly before its answer is read, or ever read).
     /// Returns the token retired, if any.
     pub fn session_sent(&self, device: DeviceHash) -> Option<TokenHash> {
-        let retired = {
-            let _held = self.lock_device(device);
-            let mut d = self.devices.get(&device)?;
-            let retired = d.token.take()?;
-            self.devices.insert(device, d);
-            retired
-        };
+        let retired = self.devices.update(device, now_us(), |d| match d {
+            Some(mut d) => {
+                let retired = d.token.take();
+                (retired.map(|_| d), retired)
+            }
+            None => (None, None),
+        })?;
         self.forget(&retired);
         Some(retired)
-    }
-
-    /// The lock under which `device`'s record is read and rewritten.
-    fn lock_device(&self, device: DeviceHash) -> MutexGuard<'_, ()> {
-        let i = (device.0 % self.device_locks.len() as u64) as usize;
-        self.device_locks[i]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A session answer issued a token: trusted, unless the device has already seen a token
@@ -291,13 +249,11 @@ impl TokenRegistry {
     }
 
     fn admit(&self, i: Issued, now_us: i64, learnt: bool) {
-        if i.expires_us <= now_us || self.tombstones.contains_key(&i.token) {
+        if i.expires_us <= now_us || self.tombstones.contains(&i.token, now_us) {
             return;
         }
         // Forgotten after the device's entry is updated (at most the old token and this one).
-        let (retired, trusted) = {
-            let _held = self.lock_device(i.device);
-            let old = self.devices.get(&i.device);
+        let (retired, trusted) = self.devices.update(i.device, now_us, |old| {
             let (retired, put, trusted) = match old {
                 Some(d) if d.issued_us > i.issued_us => ([Some(i.token), None], None, false),
                 Some(d) if d.issued_us == i.issued_us && d.token != Some(i.token) => (
@@ -315,11 +271,8 @@ impl TokenRegistry {
                     true,
                 ),
             };
-            if let Some(d) = put {
-                self.devices.insert(i.device, d);
-            }
-            (retired, trusted)
-        };
+            (put, (retired, trusted))
+        });
         retired.iter().flatten().for_each(|t| self.forget(t));
         if trusted {
             self.tokens.insert(
@@ -340,12 +293,12 @@ impl TokenRegistry {
     /// proven TTL in its own partition, unless it is already known (a session-issued record is
     /// never downgraded), was forgotten, or a revocation answered after the request was sent.
     pub fn proven(&self, token: TokenHash, sent_us: i64, now_us: i64) {
-        if self.tombstones.contains_key(&token)
+        if self.tombstones.contains(&token, now_us)
             || sent_us <= self.any_revoked_us.load(Ordering::Acquire)
         {
             return;
         }
-        let _ = self.tokens.entry(token).or_insert_with(|| TokenRecord {
+        self.tokens.insert_if_absent(token, now_us, || TokenRecord {
             partition: token.private_partition(),
             device: None,
             user: None,
@@ -357,8 +310,9 @@ impl TokenRegistry {
 
     /// Logout, an upstream 401/403, or retirement: the token is never trusted again.
     pub fn forget(&self, token: &TokenHash) {
-        self.tombstones.insert(*token, ());
-        self.tokens.invalidate(token);
+        let until = now_us().saturating_add(micros(TOMBSTONE_TTL));
+        self.tombstones.insert(*token, Tombstone(until));
+        self.tokens.remove(token);
     }
 
     /// An admin revoked every token of `user` (reported when the revocation is sent and again
@@ -371,7 +325,7 @@ impl TokenRegistry {
 
     /// The partition `token` may be served from, if it is known valid at `now_us`.
     pub fn valid(&self, token: &TokenHash, now_us: i64) -> Option<Partition> {
-        let rec = self.tokens.get(token)?;
+        let rec = self.tokens.get(token, now_us)?;
         if rec.expires_us <= now_us || (rec.learnt && !self.trust_learnt.load(Ordering::Acquire)) {
             return None;
         }
@@ -384,7 +338,7 @@ impl TokenRegistry {
             // Retired by a newer session of its device, or the device mapping was forgotten.
             if self
                 .devices
-                .get(&device)
+                .get(&device, now_us)
                 .is_none_or(|d| d.token != Some(*token))
             {
                 return None;
@@ -395,24 +349,17 @@ impl TokenRegistry {
 
     /// Forgets every token and device (tombstones and revocations stay).
     pub fn clear(&self) {
-        self.tokens.invalidate_all();
-        self.devices.invalidate_all();
+        self.tokens.clear();
+        self.devices.clear();
     }
 
-    /// Tokens remembered (approximate until pending maintenance has run).
+    /// Tokens remembered (expired ones not yet dropped included).
     pub fn len(&self) -> u64 {
-        self.tokens.entry_count()
+        self.tokens.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Runs moka's pending maintenance so counts are exact (tests, stats).
-    pub fn sync(&self) {
-        self.tokens.run_pending_tasks();
-        self.devices.run_pending_tasks();
-        self.tombstones.run_pending_tasks();
     }
 }
 
@@ -489,7 +436,7 @@ mod tests {
                 assert!(
                     valid
                         || r.devices
-                            .get(&DeviceHash(7))
+                            .get(&DeviceHash(7), now)
                             .is_some_and(|d| d.token.is_none())
                 );
             } else {
@@ -629,7 +576,7 @@ mod tests {
         let r = reg();
         let now = now_us();
         let t = issue(&r, "a", 1, now, now);
-        r.devices.invalidate(&DeviceHash(1));
+        r.devices.remove(&DeviceHash(1));
         assert_eq!(r.valid(&t, now), None);
     }
 
