@@ -3,21 +3,27 @@
 //!
 //! moka, which holds the answers, spent about 270 bytes on each token record, device record
 //! and tombstone (its nodes, deques and timer wheel around the key and value): the default
-//! 100,000 tokens took the gateway from 17 to 127 MiB under a flood of new devices. Here an
-//! entry is its key and value in a hash table slot.
+//! 100,000 tokens took the gateway from 17 to 125 MiB under a flood of devices. Here an entry
+//! is its key and value in a hash table slot.
 //!
 //! A map is split into shards by the key's hash, each one lock over two generations: entries
 //! go into the young one; when it holds its share, the old generation is dropped whole and the
 //! young one takes its place. A read that finds an entry in the old generation moves it to the
 //! young one, so what is used survives and what is not goes a generation later (a coarse LRU,
-//! as good as the bound needs: anything forgotten only becomes unknown to the registry). A
-//! shard holds at most two shares, so the map never more than its bound; the emptied old table
-//! becomes the new young one, so a full map turns generations without allocating. An expired
-//! record reads as absent and is dropped where it is found.
+//! as good as the bound needs). A shard holds at most two shares, so the map holds no more
+//! than its bound (`max`, or two when `max` is below two); the emptied old table becomes the
+//! new young one, so a full map turns generations without allocating. An expired record reads
+//! as absent and is dropped where it is found.
+//!
+//! Each shard remembers when it last lost records other than by [`Bounded::remove`] (a
+//! generation dropped, an expired record, [`Bounded::clear`]): [`Bounded::update`] reports it,
+//! so that a caller can tell "never had a record" from "may have forgotten one".
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::watermark::now_us;
 
 /// A record that stops counting at a date (wall clock, µs since the epoch).
 pub trait Expires {
@@ -38,6 +44,19 @@ pub struct Bounded<K, V> {
 struct Shard<K, V> {
     young: HashMap<K, V, ahash::RandomState>,
     old: HashMap<K, V, ahash::RandomState>,
+    /// When this shard last lost records other than by removal (wall clock, µs).
+    lost_us: i64,
+}
+
+/// What [`Bounded::update`] found for a key.
+#[derive(Debug, Clone, Copy)]
+pub struct Found<V> {
+    /// The key's record, as [`Bounded::get`] reads it.
+    pub record: Option<V>,
+    /// When the key's shard last lost records (a dropped generation, an expired record, a
+    /// clear), wall clock µs; `i64::MIN` if never. Without a record, the key may have had one
+    /// until then.
+    pub lost_us: i64,
 }
 
 impl<K: Hash + Eq + Copy, V: Copy + Expires> Bounded<K, V> {
@@ -52,6 +71,7 @@ impl<K: Hash + Eq + Copy, V: Copy + Expires> Bounded<K, V> {
                 Mutex::new(Shard {
                     young: HashMap::with_hasher(hasher.clone()),
                     old: HashMap::with_hasher(hasher.clone()),
+                    lost_us: i64::MIN,
                 })
             })
             .collect();
@@ -92,11 +112,16 @@ impl<K: Hash + Eq + Copy, V: Copy + Expires> Bounded<K, V> {
     }
 
     /// Reads and rewrites the record of `k` under the shard's lock, so that two updates of one
-    /// key never interleave: `f` is given the record (as [`Bounded::get`] reads it) and returns
-    /// the record to store, if any (`None` leaves the map as it is), and its answer.
-    pub fn update<R>(&self, k: K, now_us: i64, f: impl FnOnce(Option<V>) -> (Option<V>, R)) -> R {
+    /// key never interleave: `f` is given what is found and returns the record to store, if any
+    /// (`None` leaves the map as it is), and its answer. `f` must not use this map: the lock
+    /// is held.
+    pub fn update<R>(&self, k: K, now_us: i64, f: impl FnOnce(Found<V>) -> (Option<V>, R)) -> R {
         let mut s = self.shard(&k);
-        let (put, r) = f(s.get(&k, now_us, self.share));
+        let record = s.get(&k, now_us, self.share);
+        let (put, r) = f(Found {
+            record,
+            lost_us: s.lost_us,
+        });
         if let Some(v) = put {
             s.put(k, v, self.share);
         }
@@ -114,6 +139,7 @@ impl<K: Hash + Eq + Copy, V: Copy + Expires> Bounded<K, V> {
             let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
             s.young = HashMap::with_hasher(self.hasher.clone());
             s.old = HashMap::with_hasher(self.hasher.clone());
+            s.lost_us = s.lost_us.max(now_us());
         }
     }
 
@@ -136,10 +162,12 @@ impl<K: Hash + Eq + Copy, V: Copy + Expires> Shard<K, V> {
                 return Some(v);
             }
             self.young.remove(k);
+            self.lost_us = self.lost_us.max(now_us);
             return None;
         }
         let v = self.old.remove(k)?;
         if v.expires_us() <= now_us {
+            self.lost_us = self.lost_us.max(now_us);
             return None;
         }
         self.put(*k, v, share);
@@ -151,7 +179,10 @@ impl<K: Hash + Eq + Copy, V: Copy + Expires> Shard<K, V> {
         if self.young.len() >= share && !self.young.contains_key(&k) {
             // The old table is emptied and reused as the young one: once both have grown to a
             // share, turning generations allocates nothing.
-            self.old.clear();
+            if !self.old.is_empty() {
+                self.old.clear();
+                self.lost_us = self.lost_us.max(now_us());
+            }
             std::mem::swap(&mut self.young, &mut self.old);
         }
         self.young.insert(k, v);
@@ -173,10 +204,18 @@ mod tests {
 
     const LATER: Until = Until(i64::MAX);
 
-    impl<K, V> Bounded<K, V> {
+    impl<K: Hash + Eq, V> Bounded<K, V> {
         /// The most entries the map holds.
         fn bound(&self) -> usize {
             2 * self.share * self.shards.len()
+        }
+
+        /// Whether `k` is held, without the move to the young generation a read makes.
+        fn holds(&self, k: &K) -> bool {
+            self.shards.iter().any(|s| {
+                let s = s.lock().unwrap();
+                s.young.contains_key(k) || s.old.contains_key(k)
+            })
         }
     }
 
@@ -196,13 +235,66 @@ mod tests {
             }
             // The newest entries are there: the latest share of every shard at least.
             let kept = (3 * max as u64 - m.bound() as u64 / 2..3 * max as u64)
-                .filter(|k| m.contains(k, 0))
+                .filter(|k| m.holds(k))
                 .count();
             assert!(
                 kept * 2 >= m.bound() / 2,
                 "{max}: {kept} of the newest kept"
             );
         }
+    }
+
+    #[test]
+    fn one_shard_keeps_exactly_its_newest_entries() {
+        let m = Bounded::<u64, Until>::new(1000);
+        assert_eq!(m.shards.len(), 1);
+        for k in 0..5_000u64 {
+            m.insert(k, LATER);
+            // Re-inserting an entry of either generation adds nothing.
+            m.insert(k / 2, LATER);
+        }
+        let held = (0..5_000u64).filter(|k| m.holds(k)).count();
+        assert_eq!(held, m.len());
+        // Everything of the latest share of insertions is there (two per round).
+        assert!((5_000 - m.share as u64 / 2..5_000).all(|k| m.holds(&k)));
+    }
+
+    #[test]
+    fn removal_and_expiry_reach_the_old_generation() {
+        let m = Bounded::<u64, Until>::new(100);
+        m.insert(1, LATER);
+        m.insert(2, Until(10));
+        for k in 100..150 {
+            m.insert(k, LATER);
+        }
+        // 1 and 2 are old now.
+        assert!(m.shards[0].lock().unwrap().old.contains_key(&1));
+        m.remove(&1);
+        assert!(!m.contains(&1, 0));
+        assert_eq!(m.get(&2, 10), None);
+        assert!(!m.shards[0].lock().unwrap().young.contains_key(&2));
+        assert_eq!(m.len(), 50);
+    }
+
+    #[test]
+    fn updates_are_told_when_the_shard_last_lost_records() {
+        let m = Bounded::<u64, Until>::new(100);
+        let lost = |m: &Bounded<u64, Until>| m.update(0, 0, |f| (None, f.lost_us));
+        for k in 1..=50 {
+            m.insert(k, LATER);
+        }
+        // The first turn of a generation loses nothing.
+        m.insert(51, LATER);
+        assert_eq!(lost(&m), i64::MIN);
+        for k in 52..=101 {
+            m.insert(k, LATER);
+        }
+        let before = now_us();
+        assert!(lost(&m) > i64::MIN && lost(&m) <= before);
+        // An expired record read counts as lost, at the time it was read.
+        m.insert(7, Until(5));
+        assert_eq!(m.get(&7, before + 10), None);
+        assert_eq!(lost(&m), before + 10);
     }
 
     #[test]
@@ -243,9 +335,9 @@ mod tests {
     #[test]
     fn updates_see_the_record_and_may_leave_it() {
         let m = Bounded::<u64, Until>::new(100);
-        let seen = m.update(5, 0, |old| (Some(Until(7)), old));
+        let seen = m.update(5, 0, |f| (Some(Until(7)), f.record));
         assert_eq!(seen, None);
-        let seen = m.update(5, 0, |old| (None, old));
+        let seen = m.update(5, 0, |f| (None, f.record));
         assert_eq!(seen, Some(Until(7)));
         assert_eq!(m.get(&5, 0), Some(Until(7)));
         m.remove(&5);
@@ -265,7 +357,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
                         m.update(1, 0, |old| {
-                            let n = old.map_or(0, |u| u.0 - 1_000_000);
+                            let n = old.record.map_or(0, |u| u.0 - 1_000_000);
                             (Some(Until(1_000_000 + n + 1)), ())
                         });
                     }

@@ -29,12 +29,17 @@
 //! facts ([`TokenRegistry::trust_learnt`]) they are not trusted, since their logouts may be
 //! among the facts not yet read.
 //!
-//! Every map is bounded (`max_tokens` entries each, [`super::bounded`]); whatever they forget
-//! only makes a token unknown, and an unknown token is always forwarded, so memory pressure
-//! never lets a retired token through, with one bound: a tombstone evicted early (more than
-//! about `max_tokens / 2` tokens forgotten within [`TOMBSTONE_TTL`]: the maps drop their least
-//! recently used half at a time) lets a 2xx answer still in flight prove its token for the
-//! proven TTL.
+//! Every map is bounded (`max_tokens` entries each, [`super::bounded`]), so memory pressure
+//! makes the registry forget, and what it forgets must only make a token unknown (an unknown
+//! token is always forwarded):
+//!
+//! * a token record forgotten: the token is unknown;
+//! * a device record forgotten (or expired): a session answer for the device whose request was
+//!   sent before its shard last forgot records is not trusted, since it may be older than the
+//!   device's forgotten token (its request may have been sent before the newer one's);
+//! * a tombstone forgotten: tombstones have no date of their own and go only when their map
+//!   is full, after at least about `max_tokens / 2` later forgets; only then can a 2xx answer
+//!   still in flight prove a forgotten token again (for the proven TTL).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -44,11 +49,6 @@ use sha2::{Digest, Sha256};
 use super::bounded::{Bounded, Expires};
 use super::marks::{UserHash, UserMarks};
 use super::watermark::{micros, now_us};
-
-/// How long a forgotten token stays refused to proofs: longer than any request can be in
-/// flight (the request timeout bounds it), after which the upstream's own 401 answers keep
-/// forgetting it.
-pub const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// The SHA-256 of a bearer token. Its `Debug` shows nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,13 +149,14 @@ impl Expires for DeviceRecord {
     }
 }
 
-/// A forgotten token's tombstone: refused to proofs until this date (µs).
+/// A forgotten token's tombstone: the token is refused to proofs until the tombstone is
+/// evicted (it has no date: a clock stepping forward must not end it).
 #[derive(Debug, Clone, Copy)]
-struct Tombstone(i64);
+struct Tombstone;
 
 impl Expires for Tombstone {
     fn expires_us(&self) -> i64 {
-        self.0
+        i64::MAX
     }
 }
 
@@ -179,7 +180,7 @@ pub struct TokenRegistry {
     /// Each device's record is read and rewritten under its shard's lock
     /// ([`Bounded::update`]), so two updates of one device never interleave.
     devices: Bounded<DeviceHash, DeviceRecord>,
-    /// Tokens forgotten for good (see [`TOMBSTONE_TTL`]).
+    /// Tokens forgotten for good (see [`Tombstone`]).
     tombstones: Bounded<TokenHash, Tombstone>,
     /// Per user (hashed into fixed slots): when an admin last revoked the user's tokens.
     /// Users sharing a slot only lose each other's trust, never gain it.
@@ -219,7 +220,7 @@ impl TokenRegistry {
     /// (the upstream retires it on success, possibly before its answer is read, or ever read).
     /// Returns the token retired, if any.
     pub fn session_sent(&self, device: DeviceHash) -> Option<TokenHash> {
-        let retired = self.devices.update(device, now_us(), |d| match d {
+        let retired = self.devices.update(device, now_us(), |d| match d.record {
             Some(mut d) => {
                 let retired = d.token.take();
                 (retired.map(|_| d), retired)
@@ -253,7 +254,8 @@ impl TokenRegistry {
             return;
         }
         // Forgotten after the device's entry is updated (at most the old token and this one).
-        let (retired, trusted) = self.devices.update(i.device, now_us, |old| {
+        let (retired, trusted) = self.devices.update(i.device, now_us, |found| {
+            let old = found.record;
             let (retired, put, trusted) = match old {
                 Some(d) if d.issued_us > i.issued_us => ([Some(i.token), None], None, false),
                 Some(d) if d.issued_us == i.issued_us && d.token != Some(i.token) => (
@@ -261,6 +263,9 @@ impl TokenRegistry {
                     Some(DeviceRecord { token: None, ..d }),
                     false,
                 ),
+                // The device's record may have been forgotten after this answer's request was
+                // sent, with a token issued after this one.
+                None if i.sent_us <= found.lost_us => ([None, None], None, false),
                 _ => (
                     [old.and_then(|d| d.token).filter(|t| *t != i.token), None],
                     Some(DeviceRecord {
@@ -286,6 +291,16 @@ impl TokenRegistry {
                     expires_us: i.expires_us,
                 },
             );
+            self.unless_forgotten(&i.token, now_us);
+        }
+    }
+
+    /// Removes `token` again if it was forgotten meanwhile: `forget` writes the tombstone
+    /// before it removes the token, so a token inserted after a tombstone check is either
+    /// removed by a `forget` that follows or found here.
+    fn unless_forgotten(&self, token: &TokenHash, now_us: i64) {
+        if self.tombstones.contains(token, now_us) {
+            self.tokens.remove(token);
         }
     }
 
@@ -306,12 +321,12 @@ impl TokenRegistry {
             sent_us,
             expires_us: now_us.saturating_add(self.proven_ttl_us),
         });
+        self.unless_forgotten(&token, now_us);
     }
 
     /// Logout, an upstream 401/403, or retirement: the token is never trusted again.
     pub fn forget(&self, token: &TokenHash) {
-        let until = now_us().saturating_add(micros(TOMBSTONE_TTL));
-        self.tombstones.insert(*token, Tombstone(until));
+        self.tombstones.insert(*token, Tombstone);
         self.tokens.remove(token);
     }
 
@@ -610,6 +625,42 @@ mod tests {
         // A session answer that arrives after its logout does not bring it back.
         let t = issue(&r, "s", 1, now + 1000, now);
         assert_eq!(r.valid(&t, now), None);
+    }
+
+    #[test]
+    fn tombstones_have_no_date() {
+        let r = reg();
+        let now = now_us();
+        let t = issue(&r, "s", 1, now, now);
+        r.forget(&t);
+        // Proofs sent long after (a clock stepped forward a day) still find the tombstone.
+        let later = now + DAY_US;
+        r.proven(t, later, later);
+        assert_eq!(r.valid(&t, later), None);
+    }
+
+    /// A device record pushed out by others: an answer for the device whose request was sent
+    /// before that may be older than the forgotten token, so it is not trusted; one sent after
+    /// is.
+    #[test]
+    fn an_answer_sent_before_its_device_record_was_evicted_is_not_trusted() {
+        let r = reg();
+        let now = now_us();
+        let b = issue(&r, "b", 1, now + 2000, now);
+        assert!(r.valid(&b, now).is_some());
+        // As many other devices as the registry holds, none reading device 1's record: it is
+        // gone (and so its token is unknown).
+        for d in 2..1003 {
+            issue(&r, &format!("o{d}"), d, now, now);
+        }
+        assert_eq!(r.valid(&b, now), None);
+        // A late answer for an older token of device 1, its request sent before the eviction.
+        let a = issue(&r, "a", 1, now + 1000, now);
+        assert_eq!(r.valid(&a, now), None);
+        // A session sent after the eviction is trusted.
+        let after = now_us() + 1;
+        let c = issue(&r, "c", 1, after + 3000, after);
+        assert!(r.valid(&c, after).is_some());
     }
 
     #[test]
