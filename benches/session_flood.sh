@@ -7,9 +7,10 @@
 # Usage: benches/session_flood.sh [BINARY] [ROUNDS] [SECONDS]
 #   BINARY   the gateway (default target/release/amity-gateway)
 #   ROUNDS   rounds of load (default 4), SECONDS each (default 30)
-# DEVICES=N in the environment makes the deviceIds repeat every N requests (devices coming
-# back retire their older tokens, so the registry's tombstones fill too); by default every
-# request is a new device. CONFIG=FILE replaces config/gateway.toml.
+# DEVICES=N in the environment makes the deviceIds repeat every N requests; by default every
+# request is a new device. With N below cache.max_tokens, devices come back to their records,
+# retire their older tokens, and the registry's tombstones fill too; above it, a device's
+# record is gone before it returns. CONFIG=FILE replaces config/gateway.toml.
 #
 # wrk (1 thread, 16 connections) posts sessions to the gateway on 127.0.0.1:18280; prints
 # VmRSS of the gateway before the load, after each round and 5 s after the last.
